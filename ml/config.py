@@ -1,0 +1,129 @@
+"""Run configuration as plain data.
+
+One `RunConfig` describes a training run completely: it is what the CLI builds from flags, what
+the REST API accepts as a job body (pydantic validates these dataclasses directly, so there is
+one schema, not two), and what `config.json` stores next to the weights so a model can be
+rebuilt and its inputs preprocessed exactly as in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ModelName = Literal["vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans"]
+DatasetName = Literal["mnist", "gaussian"]
+Condition = Literal["vanilla", "imbalance", "noisy"]
+
+MODEL_NAMES: tuple[str, ...] = ModelName.__args__
+CNN_MODELS = ("vgg", "resnet", "unet", "unet-pretrained")
+VAE_MODELS = ("vae-svm", "vae-kmeans")
+
+
+@dataclass
+class DatasetConfig:
+    """Which images, at which size, under which of the paper's conditions.
+
+    `mean` and `std` describe the synthetic Gaussian classes: one entry per class, each a scalar
+    (the same on every pixel) or a flat list of image_size**2 per-pixel values. The paper's case
+    is mean -1 / +1 and std 3 at 32x32.
+    """
+
+    name: DatasetName = "mnist"
+    digits: list[int] = field(default_factory=lambda: [0, 1])
+    image_size: int = 64
+    condition: Condition = "vanilla"
+    imbalance: float = 0.9
+    mean: list[float | list[float]] = field(default_factory=lambda: [-1.0, 1.0])
+    std: list[float | list[float]] = field(default_factory=lambda: [3.0, 3.0])
+    n_train: int = 1000
+    n_val: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.digits) != 2 or len(set(self.digits)) != 2 or not all(0 <= d <= 9 for d in self.digits):
+            raise ValueError("digits must be two different digits between 0 and 9")
+        if not 8 <= self.image_size <= 256:
+            raise ValueError("image_size must be between 8 and 256")
+        if not 0.0 < self.imbalance < 1.0:
+            raise ValueError("imbalance is the fraction of class 1 and must be strictly between 0 and 1")
+        if self.n_train < 2 or self.n_val < 2:
+            raise ValueError("n_train and n_val must be at least 2")
+        n_pixels = self.image_size**2
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 2:
+                raise ValueError(f"{name} needs one entry per class (two)")
+            for v in values:
+                if isinstance(v, list) and len(v) != n_pixels:
+                    raise ValueError(f"a per-pixel {name} needs image_size**2 = {n_pixels} values, got {len(v)}")
+        for v in self.std:
+            if min(v if isinstance(v, list) else [v]) <= 0:
+                raise ValueError("std must be positive")
+
+    @property
+    def classes(self) -> list[int]:
+        """The label each class index stands for: the original digits, or 0/1 for synthetic data."""
+        return list(self.digits) if self.name == "mnist" else [0, 1]
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings; the paper's are Adam 1e-3 for 10 epochs."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    width: float = 1.0
+    latent_dim: int = 8
+    beta: float = 0.05
+    head_epochs: int = 20
+    n_clusters: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.epochs <= 1000:
+            raise ValueError("epochs must be between 1 and 1000")
+        if not 1 <= self.batch_size <= 65536:
+            raise ValueError("batch_size must be between 1 and 65536")
+        if not 0.0 < self.learning_rate < 1.0:
+            raise ValueError("learning_rate must be in (0, 1)")
+        if not 0.01 <= self.width <= 4.0:
+            raise ValueError("width must be between 0.01 and 4")
+        if not 1 <= self.latent_dim <= 512:
+            raise ValueError("latent_dim must be between 1 and 512")
+        if self.beta < 0:
+            raise ValueError("beta must be non-negative")
+        if not 0 <= self.head_epochs <= 1000:
+            raise ValueError("head_epochs must be between 0 and 1000")
+        if not 2 <= self.n_clusters <= 64:
+            raise ValueError("n_clusters must be between 2 and 64")
+
+
+@dataclass
+class RunConfig:
+    """A model to train on a dataset. `init_from` names the resnet whose encoder a
+    `unet-pretrained` starts from: an artifact directory for the library, a model id for the API."""
+
+    model: ModelName
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.model == "unet-pretrained" and not self.init_from:
+            raise ValueError("init_from is required for unet-pretrained: the resnet to start the encoder from")
+        if self.model != "unet-pretrained" and self.init_from:
+            raise ValueError("init_from applies only to unet-pretrained")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Rebuild from `to_dict` output (config.json); unknown keys are an error, not ignored."""
+        data = dict(data)
+        dataset = DatasetConfig(**data.pop("dataset", {}))
+        training = TrainingConfig(**data.pop("training", {}))
+        return cls(dataset=dataset, training=training, **data)

@@ -1,0 +1,249 @@
+"""The paper's classifiers, readable top to bottom.
+
+At width 1 and 64x64 inputs these are the paper's sizes: a VGG-19 stage layout (2, 2, 4, 4, 4
+3x3 convolutions with BN + ReLU, 64..512 channels, max-pool after each stage, a 4096-wide
+three-layer classifier), a ResNet that wraps each of those stages in a 1x1-projection shortcut,
+a UNet with that ResNet as encoder and a transpose-convolution decoder from a 1024-channel
+bottleneck, and an MLP VAE (hidden 1024, latent 8). `width` multiplies every channel and hidden
+size so that CPU-sized versions train in seconds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ml.config import RunConfig
+
+STAGE_DEPTHS = (2, 2, 4, 4, 4)
+STAGE_CHANNELS = (64, 128, 256, 512, 512)
+FC_WIDTH = 4096
+BOTTLENECK_CHANNELS = 1024
+VAE_HIDDEN = 1024
+NUM_CLASSES = 2
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class Stage(nn.Sequential):
+    """`depth` 3x3 conv-BN-ReLU layers at one resolution (a VGG block)."""
+
+    def __init__(self, c_in: int, c_out: int, depth: int):
+        super().__init__(*[conv_bn_relu(c_in if i == 0 else c_out, c_out) for i in range(depth)])
+
+
+class ResidualStage(nn.Module):
+    """A VGG block plus a 1x1-projection shortcut from its input to its output."""
+
+    def __init__(self, c_in: int, c_out: int, depth: int):
+        super().__init__()
+        self.body = Stage(c_in, c_out, depth)
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+def stage_channels(width: float) -> list[int]:
+    return [scaled(c, width) for c in STAGE_CHANNELS]
+
+
+def fc_head(in_features: int, width: float) -> nn.Sequential:
+    hidden = scaled(FC_WIDTH, width)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(hidden, NUM_CLASSES),
+    )
+
+
+class ConvNet(nn.Module):
+    """VGG (plain stages) or ResNet (residual stages): five stages, each followed by a 2x2 max-pool."""
+
+    def __init__(self, residual: bool, width: float, image_size: int):
+        super().__init__()
+        block = ResidualStage if residual else Stage
+        channels = stage_channels(width)
+        c_in = [1, *channels[:-1]]
+        self.stages = nn.ModuleList(block(i, o, d) for i, o, d in zip(c_in, channels, STAGE_DEPTHS))
+        final_size = image_size // 2 ** len(STAGE_DEPTHS)
+        self.head = fc_head(channels[-1] * final_size**2, width)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Each stage's output before pooling (the UNet's skips and the feature-map figures)."""
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+            x = F.max_pool2d(x, 2)
+        return outputs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(F.max_pool2d(self.features(x)[-1], 2))
+
+
+class UpStage(nn.Module):
+    """Upsample by 2 with a transpose conv, concatenate the encoder's skip, then two convs."""
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
+        self.body = Stage(c_out + c_skip, c_out, 2)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.body(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    """ResNet encoder, a 1024-channel bottleneck, a decoder with skips, then global average pooling.
+
+    The encoder's `stages` are named and shaped as in ConvNet(residual=True), so a trained
+    resnet's stages load into it unchanged (`unet-pretrained`).
+    """
+
+    def __init__(self, width: float, image_size: int):
+        super().__init__()
+        channels = stage_channels(width)
+        c_in = [1, *channels[:-1]]
+        self.stages = nn.ModuleList(ResidualStage(i, o, d) for i, o, d in zip(c_in, channels, STAGE_DEPTHS))
+        bottleneck = scaled(BOTTLENECK_CHANNELS, width)
+        self.bottleneck = Stage(channels[-1], bottleneck, 2)
+        ups, c = [], bottleneck
+        for skip in reversed(channels):
+            ups.append(UpStage(c, skip, skip))
+            c = skip
+        self.ups = nn.ModuleList(ups)
+        self.classifier = nn.Linear(channels[0], NUM_CLASSES)
+
+    features = ConvNet.features
+
+    def forward(self, x: Tensor) -> Tensor:
+        skips = self.features(x)
+        x = self.bottleneck(F.max_pool2d(skips[-1], 2))
+        for up, skip in zip(self.ups, reversed(skips)):
+            x = up(x, skip)
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+class VAE(nn.Module):
+    """MLP VAE: a 2-layer encoder to (mu, log-variance), a 3-layer decoder back to [-1, 1] pixels."""
+
+    def __init__(self, width: float, image_size: int, latent_dim: int):
+        super().__init__()
+        pixels, hidden = image_size**2, scaled(VAE_HIDDEN, width)
+        self.image_size = image_size
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(pixels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True)
+        )
+        self.to_mu = nn.Linear(hidden, latent_dim)
+        self.to_logvar = nn.Linear(hidden, latent_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, pixels), nn.Tanh(),
+        )
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
+        return self.to_mu(h), self.to_logvar(h)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z).view(-1, 1, self.image_size, self.image_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        return self.decode(z), mu, logvar
+
+
+class VAESVM(nn.Module):
+    """A VAE whose latent mean is classified by a linear head trained with the hinge loss.
+
+    The head has one output, a signed margin: positive means class 1.
+    """
+
+    def __init__(self, width: float, image_size: int, latent_dim: int):
+        super().__init__()
+        self.vae = VAE(width, image_size, latent_dim)
+        self.head = nn.Linear(latent_dim, 1)
+
+    def margin(self, x: Tensor) -> Tensor:
+        return self.head(self.vae.encode(x)[0]).squeeze(1)
+
+
+class VAEKMeans(nn.Module):
+    """A VAE whose latent means are clustered; each cluster carries the label most of its training points had.
+
+    Centres and the cluster-to-class map are buffers, so they live in the safetensors file with the weights.
+    """
+
+    def __init__(self, width: float, image_size: int, latent_dim: int, n_clusters: int):
+        super().__init__()
+        self.vae = VAE(width, image_size, latent_dim)
+        self.register_buffer("centres", torch.zeros(n_clusters, latent_dim))
+        self.register_buffer("cluster_labels", torch.zeros(n_clusters, dtype=torch.long))
+
+    def assign(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Nearest cluster and the Euclidean distance to its centre, per image."""
+        distances = torch.cdist(self.vae.encode(x)[0].float(), self.centres)
+        distance, cluster = distances.min(dim=1)
+        return cluster, distance
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """The untrained network a run config describes (weights are loaded or trained separately)."""
+    t, size = cfg.training, cfg.dataset.image_size
+    if cfg.model in ("vgg", "resnet", "unet", "unet-pretrained") and size % 2 ** len(STAGE_DEPTHS):
+        raise ValueError(f"image_size must be a multiple of 32 for {cfg.model} (five 2x2 poolings), got {size}")
+    if cfg.model == "vgg":
+        return ConvNet(residual=False, width=t.width, image_size=size)
+    if cfg.model == "resnet":
+        return ConvNet(residual=True, width=t.width, image_size=size)
+    if cfg.model in ("unet", "unet-pretrained"):
+        return UNet(width=t.width, image_size=size)
+    if cfg.model == "vae-svm":
+        return VAESVM(t.width, size, t.latent_dim)
+    if cfg.model == "vae-kmeans":
+        return VAEKMeans(t.width, size, t.latent_dim, t.n_clusters)
+    raise ValueError(f"unknown model {cfg.model!r}")
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Per-image outputs for a batch: `class_index` and `probabilities` (N, 2) for every model,
+    plus `margin` for VAE + SVM and `cluster` / `distance` for VAE + K-means.
+
+    The SVM's probabilities are the logistic of its margin: a monotone score, not calibrated.
+    K-means gives a hard assignment, so its probabilities are one-hot.
+    """
+    model.eval()
+    if isinstance(model, VAESVM):
+        margin = model.margin(x).float()
+        p1 = torch.sigmoid(margin)
+        return {"class_index": (margin > 0).long(), "probabilities": torch.stack([1 - p1, p1], 1), "margin": margin}
+    if isinstance(model, VAEKMeans):
+        cluster, distance = model.assign(x)
+        label = model.cluster_labels[cluster]
+        probs = F.one_hot(label, NUM_CLASSES).float()
+        return {"class_index": label, "probabilities": probs, "cluster": cluster, "distance": distance}
+    probs = torch.softmax(model(x).float(), dim=1)
+    return {"class_index": probs.argmax(1), "probabilities": probs}
+
+
+def vae_of(model: nn.Module) -> VAE:
+    """The VAE inside a VAE classifier; a ValueError for a CNN, which has none."""
+    if isinstance(model, (VAESVM, VAEKMeans)):
+        return model.vae
+    raise ValueError("this model is a CNN classifier: it has no VAE to reconstruct or embed with")

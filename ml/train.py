@@ -1,0 +1,242 @@
+"""Training: one epoch loop shared by every phase of every model.
+
+A CNN has one phase (cross-entropy). A VAE classifier has two: the VAE itself (MSE + beta KL),
+then either a linear head trained with the hinge loss on the frozen latent means (vae-svm) or
+K-means on them (vae-kmeans). Each epoch produces one metrics record, handed to `on_epoch`,
+which may return True to stop training (the worker uses that for cancellation).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ml.config import RunConfig, TrainingConfig
+from ml.data import Dataset, corrupt
+from ml.models import VAE, VAEKMeans, VAESVM, build_model, predict
+
+EpochCallback = Callable[[dict], bool | None]
+BatchCallback = Callable[[int, int], None]
+EVAL_BATCH = 1024
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: bool = False
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def cross_entropy_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    logits = model(x)
+    return F.cross_entropy(logits.float(), y), {}, (logits.argmax(1) == y).sum()
+
+
+def vae_step(vae: VAE, beta: float) -> Callable:
+    def step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], None]:
+        recon, mu, logvar = vae(x)
+        # Summed over pixels and latent dims, averaged over images: with a per-pixel mean the
+        # beta-weighted KL would dominate and collapse the latent space that the classifiers use.
+        recon_loss = F.mse_loss(recon.float(), x.float(), reduction="sum") / len(x)
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()).float() / len(x)
+        return recon_loss + beta * kl, {"recon_loss": recon_loss.detach(), "kl_loss": kl.detach()}, None
+
+    return step
+
+
+def hinge_step(head: nn.Module, z: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    margin = head(z).squeeze(1)
+    sign = 2.0 * y.float() - 1.0
+    return torch.clamp(1 - sign * margin, min=0).mean(), {}, ((margin > 0).long() == y).sum()
+
+
+@torch.no_grad()
+def accuracy(classify: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, device: torch.device) -> float:
+    correct = torch.zeros((), device=y.device, dtype=torch.long)
+    for start in range(0, len(x), EVAL_BATCH):
+        with _autocast(device):
+            correct += (classify(x[start : start + EVAL_BATCH]) == y[start : start + EVAL_BATCH]).sum()
+    return correct.item() / len(x)
+
+
+def run_epochs(
+    model: nn.Module,
+    data: Dataset,
+    step: Callable,
+    tc: TrainingConfig,
+    device: torch.device,
+    *,
+    phase: str,
+    epochs: int,
+    epoch_offset: int,
+    total_epochs: int,
+    evaluate: Callable[[], dict[str, float]],
+    history: list[dict],
+    on_epoch: EpochCallback | None,
+    on_batch: BatchCallback | None,
+) -> bool:
+    """Train `model` for `epochs` epochs; append a metrics record per epoch; return True if asked to stop."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.learning_rate)
+    generator = torch.Generator(device=device).manual_seed(tc.seed)
+    n = len(data.x_train)
+    n_steps = -(-n // tc.batch_size)
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        # Sums stay on the device and are read once per epoch: no host sync per step.
+        sums: dict[str, Tensor] = {}
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(n, generator=generator, device=device)
+        for i in range(n_steps):
+            idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
+            x, y = data.x_train[idx], data.y_train[idx]
+            if data.noisy:
+                x = corrupt(x, generator)
+            with _autocast(device):
+                loss, parts, n_correct = step(model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            optimizer.step()
+            for key, value in {"loss": loss.detach(), "grad_norm": grad_norm, **parts}.items():
+                sums[key] = sums.get(key, 0) + value.float()
+            if n_correct is not None:
+                correct += n_correct
+            if on_batch:
+                on_batch(i + 1, n_steps)
+        record = {"epoch": epoch_offset + epoch, "epochs": total_epochs, "phase": phase}
+        record.update({key: value.item() / n_steps for key, value in sums.items()})
+        if phase != "vae":
+            record["train_accuracy"] = correct.item() / n
+        record.update(evaluate())
+        record["epoch_seconds"] = time.perf_counter() - started
+        history.append(record)
+        if on_epoch and on_epoch(record):
+            return True
+    return False
+
+
+@torch.no_grad()
+def latent_means(vae: VAE, x: Tensor, device: torch.device) -> Tensor:
+    vae.eval()
+    chunks = []
+    for start in range(0, len(x), EVAL_BATCH):
+        with _autocast(device):
+            chunks.append(vae.encode(x[start : start + EVAL_BATCH])[0].float())
+    return torch.cat(chunks)
+
+
+def fit_kmeans(model: VAEKMeans, z_train: Tensor, y_train: Tensor, seed: int) -> None:
+    """K-means on the training latents; each cluster takes the majority label of its members."""
+    from sklearn.cluster import KMeans
+
+    k = model.centres.shape[0]
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(z_train.cpu().numpy())
+    labels = y_train.cpu().numpy()
+    votes = np.zeros((k, 2), dtype=np.int64)
+    np.add.at(votes, (km.labels_, labels), 1)
+    model.centres.copy_(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
+    model.cluster_labels.copy_(torch.as_tensor(votes.argmax(1)))
+
+
+def load_encoder(unet: nn.Module, resnet_state: dict[str, Tensor]) -> None:
+    """Start a UNet's encoder from a trained resnet's stages (unet-pretrained)."""
+    prefix = "stages."
+    stages = {k[len(prefix) :]: v for k, v in resnet_state.items() if k.startswith(prefix)}
+    try:
+        unet.stages.load_state_dict(stages)
+    except RuntimeError as exc:
+        raise ValueError(
+            "init_from must be a resnet trained with the same width as this unet-pretrained "
+            f"(its stage weights do not fit: {str(exc).splitlines()[0]})"
+        ) from exc
+
+
+def train(
+    cfg: RunConfig,
+    data: Dataset,
+    *,
+    device: str | torch.device | None = None,
+    init_state: dict[str, Tensor] | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
+) -> TrainResult:
+    """Train the model `cfg` describes on `data`. `init_state` is the resnet state dict a
+    unet-pretrained starts from. Reproducible under `cfg.training.seed` on the CPU."""
+    device = pick_device(str(device) if device else None)
+    tc = cfg.training
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg)
+    if cfg.model == "unet-pretrained":
+        if init_state is None:
+            raise ValueError("unet-pretrained needs the state of a trained resnet (init_state)")
+        load_encoder(model, init_state)
+    model.to(device)
+    if device.type == "cuda" and not isinstance(model, (VAESVM, VAEKMeans)):
+        model.to(memory_format=torch.channels_last)
+    data = data.to(device)
+    started = time.perf_counter()
+    result = TrainResult(model=model)
+    common = dict(history=result.history, on_epoch=on_epoch, on_batch=on_batch)
+
+    def val_accuracy() -> dict[str, float]:
+        return {"val_accuracy": accuracy(lambda x: predict(model, x)["class_index"], data.x_val, data.y_val, device)}
+
+    if not isinstance(model, (VAESVM, VAEKMeans)):
+        result.stopped = run_epochs(
+            model, data, cross_entropy_step, tc, device, phase="classifier", epochs=tc.epochs,
+            epoch_offset=0, total_epochs=tc.epochs, evaluate=val_accuracy, **common,
+        )
+    else:
+        head_epochs = tc.head_epochs if isinstance(model, VAESVM) else 0
+        total = tc.epochs + head_epochs
+        vae_loss = vae_step(model.vae, tc.beta)
+
+        @torch.no_grad()
+        def val_vae_loss() -> dict[str, float]:
+            model.vae.eval()
+            loss = sum(vae_loss(model, data.x_val[s : s + EVAL_BATCH], None)[0].item() * len(data.x_val[s : s + EVAL_BATCH])
+                       for s in range(0, len(data.x_val), EVAL_BATCH))
+            return {"val_loss": loss / len(data.x_val)}
+
+        result.stopped = run_epochs(
+            model.vae, data, vae_loss, tc, device, phase="vae", epochs=tc.epochs,
+            epoch_offset=0, total_epochs=total, evaluate=val_vae_loss, **common,
+        )
+        if not result.stopped:
+            x_train = corrupt(data.x_train, torch.Generator(device=device).manual_seed(tc.seed)) if data.noisy else data.x_train
+            z_train = latent_means(model.vae, x_train, device)
+            if isinstance(model, VAESVM):
+                latents = Dataset(z_train, data.y_train, latent_means(model.vae, data.x_val, device), data.y_val, data.classes)
+                result.stopped = run_epochs(
+                    model.head, latents, hinge_step, tc, device, phase="head", epochs=head_epochs,
+                    epoch_offset=tc.epochs, total_epochs=total, evaluate=val_accuracy, **common,
+                )
+            else:
+                fit_kmeans(model, z_train, data.y_train, tc.seed)
+                train_acc = accuracy(lambda x: predict(model, x)["class_index"], x_train, data.y_train, device)
+                result.history[-1].update({"train_accuracy": train_acc, **val_accuracy()})
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    for record in result.history:
+        result.final.update({k: v for k, v in record.items() if k not in ("epoch", "epochs", "phase", "epoch_seconds")})
+    return result
