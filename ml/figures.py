@@ -1,0 +1,379 @@
+"""The paper's figures (section 3.2, figures 1-9) as PNG bytes, for a trained model and its data.
+
+Every function builds its own `matplotlib.figure.Figure` and renders it through the Agg canvas.
+Nothing goes through pyplot, so there is no global figure registry and no GUI backend: requests
+served concurrently by a web server share no plotting state. `render` maps a figure name of the
+API onto the right function and the model's validation data, and raises `FigureNotApplicable`
+when the figure does not exist for the model kind (an MLP VAE has no kernels, a CNN has no
+latent space).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure, SubFigure
+from matplotlib.ticker import MaxNLocator
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits  # scikit-learn's own dependency for its thread pools
+from torch import Tensor, nn
+
+from ml.data import Dataset
+from ml.models import VAE, VAEKMeans, vae_of
+
+FIGURES = ("training-curves", "kernels", "feature-maps", "latent-tsne", "latent-classifiers", "reconstructions")
+DPI = 100
+SEED = 0
+# Feature maps shown per layer: the last VGG stage has up to 512 channels, far too many to read.
+MAX_CHANNELS = 16
+# Validation images embedded by t-SNE: it runs on the request's CPU, and 500 points take seconds.
+TSNE_POINTS = 500
+# Points drawn on the SVM hyperplane for figure 8, embedded together with the latents.
+HYPERPLANE_POINTS = 100
+RECONSTRUCTIONS_PER_CLASS = 4
+
+ArrayOrTensor = Tensor | np.ndarray
+
+LOSS_KEYS = {"loss": "train loss", "recon_loss": "reconstruction", "kl_loss": "KL", "val_loss": "validation loss"}
+ACCURACY_KEYS = {"train_accuracy": "train", "val_accuracy": "validation"}
+
+
+class FigureNotApplicable(ValueError):
+    """The figure does not exist for this kind of model (kernels of an MLP VAE, latents of a CNN)."""
+
+
+def _png(fig: Figure) -> bytes:
+    """Render with Agg, then clear the figure: it was never registered with pyplot, so clearing
+    its artists is all the closing it needs."""
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=DPI)
+    finally:
+        fig.clear()
+    return buffer.getvalue()
+
+
+def _numpy(values: ArrayOrTensor) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().float().cpu().numpy()
+    return np.asarray(values)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _grid_shape(n: int) -> tuple[int, int]:
+    """Rows and columns of the most square grid holding n images."""
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def _image_grid(parent: Figure | SubFigure, images: np.ndarray, title: str, **imshow: Any) -> np.ndarray:
+    """Images (n, h, w) in a square grid without ticks; returns the axes so a colour bar can span them."""
+    axes = parent.subplots(*_grid_shape(len(images)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, image in zip(axes.flat, images):
+        ax.imshow(image, **imshow)
+    parent.suptitle(title)
+    return axes
+
+
+# Training curves (figures 1-3)
+
+
+def _plot_series(ax: Axes, history: Sequence[dict], keys: dict[str, str], phase: str | None = None) -> None:
+    """One line per metric key against epoch, over the records that have it (and are of `phase`).
+
+    Markers make a one-epoch run, or K-means' single accuracy record, visible as points.
+    """
+    for key, label in keys.items():
+        records = [r for r in history if key in r and (phase is None or r["phase"] == phase)]
+        if records:
+            ax.plot([r["epoch"] for r in records], [r[key] for r in records], marker="o", markersize=3, label=label)
+
+
+def _finish_panel(ax: Axes, title: str, allow_log: bool) -> None:
+    """Title, axes and legend; a log scale where a series spans more than a decade (a VAE's
+    reconstruction term dwarfs its KL term). A run cancelled before any accuracy was measured
+    leaves its accuracy panel empty, and says so."""
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if not ax.get_lines():
+        ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        return
+    values = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+    if allow_log and (values > 0).all() and values.max() > 10 * values.min():
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
+
+
+def training_curves(history: Sequence[dict]) -> bytes:
+    """Loss (with its reconstruction and KL parts for a VAE), accuracies and gradient norm per epoch.
+
+    Each training phase gets its own loss panel, because a VAE's loss and an SVM head's hinge
+    loss are on unrelated scales; the accuracy and gradient-norm panels share the epoch axis.
+    """
+    if not history:
+        raise FigureNotApplicable("no training epochs were recorded for this model")
+    phases = list(dict.fromkeys(r["phase"] for r in history))
+    fig = Figure(figsize=(4.0 * (len(phases) + 2), 3.6), layout="constrained")
+    axes = list(fig.subplots(1, len(phases) + 2, squeeze=False)[0])
+    for phase in phases:
+        ax = axes.pop(0)
+        _plot_series(ax, history, LOSS_KEYS, phase)
+        _finish_panel(ax, f"loss ({phase} phase)", allow_log=True)
+    _plot_series(axes[0], history, ACCURACY_KEYS)
+    _finish_panel(axes[0], "accuracy", allow_log=False)
+    for phase in phases:
+        _plot_series(axes[1], history, {"grad_norm": f"{phase} phase"}, phase)
+    _finish_panel(axes[1], "gradient norm", allow_log=True)
+    return _png(fig)
+
+
+# Kernels and feature maps (figures 4-6)
+
+
+def _convs(module: nn.Module) -> list[nn.Conv2d]:
+    """The spatial convolutions in `module`, in forward order. The 1x1 convolutions left out are
+    the residual shortcuts' projections: they extract no spatial feature, and the last one would
+    otherwise stand in for a ResNet's last feature layer."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    if not convs:
+        raise FigureNotApplicable(
+            f"{type(module).__name__} has no convolution layers: kernels and feature maps exist only for the CNNs"
+        )
+    return convs
+
+
+def kernels(model: nn.Module) -> bytes:
+    """The first convolution's kernels, on one colour scale symmetric about 0 so that signs and
+    magnitudes compare across kernels."""
+    weight = _numpy(_convs(model)[0].weight)[:, 0]  # the input is grayscale: one input channel
+    limit = float(np.abs(weight).max()) or 1.0
+    rows, cols = _grid_shape(len(weight))
+    fig = Figure(figsize=(max(3.5, 0.8 * cols + 1.2), max(3.0, 0.8 * rows + 0.6)), layout="constrained")
+    axes = _image_grid(fig, weight, f"first-layer kernels ({len(weight)})", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    fig.colorbar(axes.flat[0].images[0], ax=axes, shrink=0.8)
+    return _png(fig)
+
+
+def _conv_outputs(model: nn.Module, image: Tensor, layers: Sequence[nn.Module]) -> list[Tensor]:
+    """The outputs of `layers` for `image`, caught by forward hooks during one forward pass.
+
+    A hook fires for every forward through the module, and a served model is shared between
+    request threads, so each hook keeps only outputs computed by the thread that installed it.
+    """
+    owner = threading.get_ident()
+    caught: dict[nn.Module, Tensor] = {}
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        if threading.get_ident() == owner:
+            caught[module] = output
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(image.to(_device(model), torch.float32))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [caught[layer] for layer in layers]
+
+
+def feature_maps(model: nn.Module, image: Tensor) -> bytes:
+    """The input image and up to MAX_CHANNELS feature maps of the encoder's first and last
+    convolution: contours come out of the first, abstract features out of the last (figures 5-6).
+
+    For a UNet the last convolution is that of the encoder (`stages`), not of the decoder.
+    """
+    convs = _convs(getattr(model, "stages", model))
+    outputs = _conv_outputs(model, image, [convs[0], convs[-1]])
+    fig = Figure(figsize=(11.0, 4.6), layout="constrained")
+    left, *rights = fig.subfigures(1, 3, width_ratios=[1.0, 2.0, 2.0])
+    _image_grid(left, _numpy(image)[0], "input", cmap="gray", vmin=-1.0, vmax=1.0)
+    for subfig, output, which in zip(rights, outputs, ("first", "last")):
+        maps = _numpy(output[0])
+        shown, (channels, height, width) = min(len(maps), MAX_CHANNELS), maps.shape
+        title = f"{which} conv layer: {shown} of {channels} channels, {height}x{width}"
+        _image_grid(subfig, maps[:MAX_CHANNELS], title, cmap="viridis")
+    return _png(fig)
+
+
+# Latent space (figures 7-8)
+
+
+def _tsne(points: np.ndarray) -> np.ndarray:
+    """A 2-D t-SNE embedding, reproducible; perplexity is kept below the number of points as
+    t-SNE requires, and PCA initialisation needs at least two dimensions and points.
+
+    It runs on one OpenMP thread: the Barnes-Hut gradient's threads spin-wait for each other,
+    and on a busy machine (a web server's other requests, training) that made 500 points take
+    20 s instead of 2 s.
+    """
+    n, d = points.shape
+    if n < 2:
+        raise ValueError("t-SNE needs at least two points")
+    init = "pca" if min(n, d) >= 2 else "random"
+    tsne = TSNE(n_components=2, perplexity=min(30.0, n - 1.0), init=init, random_state=SEED)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return tsne.fit_transform(points)
+
+
+def _scatter_by_label(ax: Axes, xy: np.ndarray, labels: ArrayOrTensor, title: str) -> None:
+    """Points coloured by label (the n-th sorted label takes colour Cn), with a legend."""
+    labels = _numpy(labels)
+    for index, value in enumerate(np.unique(labels)):
+        ax.scatter(*xy[labels == value].T, s=10, linewidths=0, color=f"C{index % 10}", label=str(value))
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize="small", markerscale=2)
+
+
+def latent_tsne(z: ArrayOrTensor, labels: ArrayOrTensor | Sequence) -> bytes:
+    """t-SNE of latent means coloured by true label: separated classes are what the SVM and
+    K-means exploit (figure 7); merged ones explain their failure on noisy images (figure 17)."""
+    fig = Figure(figsize=(6.0, 5.0), layout="constrained")
+    _scatter_by_label(fig.subplots(), _tsne(_numpy(z)), labels, "latent space (t-SNE), true labels")
+    return _png(fig)
+
+
+def _hyperplane_points(z: np.ndarray, w: np.ndarray, b: float, n: int = HYPERPLANE_POINTS) -> np.ndarray:
+    """n points of the hyperplane {<w|z> + b = 0} where it passes through the data: the crossings
+    of segments between random pairs of latents on opposite sides. Points far from every latent
+    would land anywhere in a t-SNE plane; these land between the classes the SVM separates. When
+    every latent is on one side (an SVM that failed), their orthogonal projections instead."""
+    w = np.asarray(w, dtype=np.float64).ravel()
+    norm2 = float(w @ w)
+    if norm2 == 0.0:
+        raise ValueError("the SVM weight vector is zero: it defines no hyperplane")
+    rng = np.random.default_rng(SEED)
+    side = z @ w + b
+    negative, positive = z[side < 0], z[side >= 0]
+    if len(negative) and len(positive):
+        start = negative[rng.integers(len(negative), size=n)]
+        end = positive[rng.integers(len(positive), size=n)]
+        t = -(start @ w + b) / ((end - start) @ w)  # the denominator is positive: the sides differ
+        return start + t[:, None] * (end - start)
+    near = z[rng.integers(len(z), size=n)]
+    return near - np.outer((near @ w + b) / norm2, w)
+
+
+def latent_classifiers(
+    z: ArrayOrTensor,
+    labels: ArrayOrTensor | Sequence,
+    kmeans_labels: ArrayOrTensor | Sequence | None = None,
+    svm_w: ArrayOrTensor | None = None,
+    svm_b: float | None = None,
+) -> bytes:
+    """Figure 8: left, the t-SNE plane coloured by K-means label; right, the true labels with
+    points of the SVM hyperplane embedded jointly, falling between the classes when it separates
+    them. A model with only one of the two classifiers gets only its panel."""
+    if (svm_w is None) != (svm_b is None):
+        raise ValueError("the SVM hyperplane needs both svm_w and svm_b")
+    if kmeans_labels is None and svm_w is None:
+        raise ValueError("nothing to show: give K-means labels, an SVM hyperplane (svm_w, svm_b) or both")
+    z = _numpy(z).astype(np.float64)
+    plane = _hyperplane_points(z, _numpy(svm_w), float(svm_b)) if svm_w is not None else z[:0]
+    xy = _tsne(np.concatenate([z, plane]))
+    data_xy, plane_xy = xy[: len(z)], xy[len(z) :]
+    n_panels = (kmeans_labels is not None) + (svm_w is not None)
+    fig = Figure(figsize=(6.0 * n_panels, 5.0), layout="constrained")
+    axes = list(fig.subplots(1, n_panels, squeeze=False)[0])
+    if kmeans_labels is not None:
+        _scatter_by_label(axes.pop(0), data_xy, kmeans_labels, "K-means labels")
+    if svm_w is not None:
+        ax = axes.pop(0)
+        ax.scatter(*plane_xy.T, s=14, marker="x", color="black", zorder=3, label="SVM hyperplane")
+        _scatter_by_label(ax, data_xy, labels, "true labels and SVM hyperplane points")
+    return _png(fig)
+
+
+# Reconstructions (figure 9)
+
+
+def reconstructions(originals: ArrayOrTensor, recon: ArrayOrTensor) -> bytes:
+    """Originals (N, 1, S, S) above their reconstructions, both in [-1, 1] on one gray scale."""
+    originals, recon = _numpy(originals)[:, 0], _numpy(recon)[:, 0]
+    if originals.shape != recon.shape:
+        raise ValueError(f"originals {originals.shape} and reconstructions {recon.shape} differ in shape")
+    n = len(originals)
+    fig = Figure(figsize=(max(3.0, 1.1 * n), 2.6), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False)
+    for row, images, name in ((0, originals, "original"), (1, recon, "reconstruction")):
+        for ax, image in zip(axes[row], images):
+            ax.imshow(image, cmap="gray", vmin=-1.0, vmax=1.0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(name)
+    return _png(fig)
+
+
+# Dispatch by name, for the API
+
+
+def _vae(model: nn.Module) -> VAE:
+    try:
+        return vae_of(model)
+    except ValueError as exc:
+        raise FigureNotApplicable(
+            f"{exc}; latent-space figures and reconstructions exist only for the VAE models"
+        ) from exc
+
+
+def _balanced_indices(y: Tensor, per_class: int) -> Tensor:
+    """The first `per_class` indices of each class, so figure 9 shows every digit."""
+    return torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in y.unique()])
+
+
+def _classifier_parts(
+    model: nn.Module, x: Tensor, classes: Sequence[int]
+) -> tuple[list[str] | None, Tensor | None, float | None]:
+    """K-means labels as 'digit (cluster k)', so colours match the true-label plot; or the SVM's w and b."""
+    if isinstance(model, VAEKMeans):
+        cluster, _ = model.assign(x)
+        digits = np.asarray(classes)[model.cluster_labels[cluster].cpu().numpy()]
+        return [f"{d} (cluster {c})" for d, c in zip(digits, cluster.tolist())], None, None
+    return None, model.head.weight[0], model.head.bias[0].item()
+
+
+@torch.no_grad()
+def render(
+    name: str, model: nn.Module, data: Dataset, history: Sequence[dict], image: Tensor | None = None
+) -> bytes:
+    """The figure `name` (one of FIGURES) for an eval-mode model, from its validation split.
+
+    `image` (1, 1, S, S) is the input of the feature maps, by default the first validation image.
+    An unknown name is a plain ValueError; a known figure the model kind lacks is a
+    FigureNotApplicable (also a ValueError, so check for it first).
+    """
+    if name not in FIGURES:
+        raise ValueError(f"unknown figure {name!r}; the figures are {', '.join(FIGURES)}")
+    if name == "training-curves":
+        return training_curves(history)
+    if name == "kernels":
+        return kernels(model)
+    if name == "feature-maps":
+        return feature_maps(model, data.x_val[:1] if image is None else image)
+    vae, device = _vae(model), _device(model)
+    if name == "reconstructions":
+        x = data.x_val[_balanced_indices(data.y_val, RECONSTRUCTIONS_PER_CLASS)].to(device)
+        return reconstructions(x, vae.decode(vae.encode(x)[0]))
+    x = data.x_val[:TSNE_POINTS].to(device)
+    z = vae.encode(x)[0]
+    labels = np.asarray(data.classes)[data.y_val[:TSNE_POINTS].cpu().numpy()]
+    if name == "latent-tsne":
+        return latent_tsne(z, labels)
+    return latent_classifiers(z, labels, *_classifier_parts(model, x, data.classes))
