@@ -377,3 +377,28 @@ def render(
     if name == "latent-tsne":
         return latent_tsne(z, labels)
     return latent_classifiers(z, labels, *_classifier_parts(model, x, data.classes))
+
+
+# Excess-risk decomposition (figure 10)
+
+
+def excess_risk_plot(report: dict) -> bytes:
+    """Estimation and approximation error against parameter count (log scale), with one
+    standard deviation over repeats as error bars, each point named by its model."""
+    models = sorted(report["models"], key=lambda m: m["parameter_count"])
+    if not models:
+        raise FigureNotApplicable("the error analysis finished no model, so there is nothing to plot")
+    params = np.array([m["parameter_count"] for m in models], dtype=float)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for key, label, colour in (("ee", "estimation error", "tab:blue"), ("ae", "approximation error", "tab:red")):
+        ax.errorbar(params, [m[f"{key}_mean"] for m in models], yerr=[m[f"{key}_std"] for m in models],
+                    marker="o", capsize=3, color=colour, label=label)
+    for m, x in zip(models, params):
+        ax.annotate(m["model"], (x, m["ee_mean"]), textcoords="offset points", xytext=(4, 6), fontsize="small")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("error (empirical risk difference)")
+    ax.set_title(f"excess-risk decomposition: {report['n_train']} training images, R_n on {report['n_eval']}")
+    ax.legend()
+    return _png(fig)
