@@ -50,8 +50,8 @@ def cross_entropy_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, 
     return F.cross_entropy(logits.float(), y), {}, (logits.argmax(1) == y).sum()
 
 
-def vae_step(vae: VAE, beta: float) -> Callable:
-    def step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], None]:
+def vae_step(beta: float) -> Callable:
+    def step(vae: nn.Module, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, Tensor], None]:
         recon, mu, logvar = vae(x)
         # Summed over pixels and latent dims, averaged over images: with a per-pixel mean the
         # beta-weighted KL would dominate and collapse the latent space that the classifiers use.
@@ -209,14 +209,16 @@ def train(
     else:
         head_epochs = tc.head_epochs if isinstance(model, VAESVM) else 0
         total = tc.epochs + head_epochs
-        vae_loss = vae_step(model.vae, tc.beta)
+        vae_loss = vae_step(tc.beta)
 
         @torch.no_grad()
         def val_vae_loss() -> dict[str, float]:
             model.vae.eval()
-            loss = sum(vae_loss(model, data.x_val[s : s + EVAL_BATCH], None)[0].item() * len(data.x_val[s : s + EVAL_BATCH])
-                       for s in range(0, len(data.x_val), EVAL_BATCH))
-            return {"val_loss": loss / len(data.x_val)}
+            total = torch.zeros((), device=device)
+            for start in range(0, len(data.x_val), EVAL_BATCH):
+                batch = data.x_val[start : start + EVAL_BATCH]
+                total += vae_loss(model.vae, batch, None)[0] * len(batch)
+            return {"val_loss": total.item() / len(data.x_val)}
 
         result.stopped = run_epochs(
             model.vae, data, vae_loss, tc, device, phase="vae", epochs=tc.epochs,
