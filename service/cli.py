@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 
 from ml.config import MODEL_NAMES, DatasetConfig, RunConfig, TrainingConfig
 
@@ -89,6 +93,152 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{name:16s} {parameter_count(build_model(cfg)):>12,d}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import get_settings
+
+    settings = get_settings()
+    # uvicorn stops gracefully on SIGTERM, then raises it again; as an exception rather than the
+    # default sudden exit, it lets the `finally` below stop the worker.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    worker = None if args.no_worker else start_worker_process()
+    try:
+        uvicorn.run(create_app(), host=args.host or settings.host, port=args.port or settings.port)
+    finally:
+        if worker is not None:
+            stop_worker_process(worker)
+
+
+def _die_with_parent() -> None:
+    # Linux: if `serve` is killed outright, its worker gets SIGTERM instead of living on.
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def start_worker_process() -> subprocess.Popen:
+    """`classcomp worker` as a child in its own process group (the worker and its pool process)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker"],
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
+
+
+def stop_worker_process(worker: subprocess.Popen, grace_seconds: float = 10) -> None:
+    """Warm shutdown (a job about to finish may still finish), then kill the whole group.
+
+    A job killed here is left to the stale-job sweep, which fails it as "worker lost".
+    """
+    worker.terminate()  # to the worker's main process, which stops its pool process itself
+    try:
+        worker.wait(grace_seconds)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    worker.wait()
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from service.settings import get_settings
+    from workers.app import app
+
+    app.worker_main([
+        "worker",
+        f"--queues={get_settings().queue}",
+        "--concurrency=1",  # one training at a time per process: it uses every core (or the GPU)
+        f"--hostname=classcomp-{os.getpid()}@%h",
+        f"--loglevel={args.loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ])
+
+
+def _client(args: argparse.Namespace):
+    import httpx
+
+    from service.settings import get_settings
+
+    return httpx.Client(base_url=args.url or get_settings().url, timeout=60)
+
+
+def _call(client, method: str, path: str, **kwargs) -> dict:
+    """One API call; an error answer or an unreachable service ends the command with its message."""
+    import httpx
+
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        sys.exit(f"classcomp: cannot reach the service at {client.base_url} ({exc}); start it with `classcomp serve`")
+    if response.is_error:
+        try:
+            error = response.json()["error"]
+            sys.exit(f"classcomp: {error['message']} ({response.status_code} {error['code']})")
+        except (ValueError, KeyError, TypeError):
+            sys.exit(f"classcomp: {response.status_code} {response.text}")
+    return response.json()
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    cfg = run_config_from_args(args)
+    with _client(args) as client:
+        job = _call(client, "POST", "/v1/jobs", json={"kind": "train", **cfg.to_dict()})
+        if args.wait:
+            job = wait_for_job(client, job)
+    print(json.dumps(job, indent=2))
+    if args.wait and job["status"] != "succeeded":
+        sys.exit(1)
+
+
+def wait_for_job(client, job: dict, poll_seconds: float = 1.0) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(total=None, unit="epoch", desc=f"job {job['id'][:8]}", file=sys.stderr) as bar:
+        while job["status"] in ("queued", "running"):
+            time.sleep(poll_seconds)
+            job = _call(client, "GET", f"/v1/jobs/{job['id']}")
+            progress = job["progress"]
+            if progress["epochs"] and bar.total != progress["epochs"]:
+                bar.reset(total=progress["epochs"])
+            bar.update(progress["epoch"] - bar.n)
+            bar.set_postfix_str(job["status"])
+    return job
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
+    with _client(args) as client:
+        page = _call(client, "GET", "/v1/jobs", params=params)
+    print(f"{'id':32s}  {'kind':14s}  {'status':9s}  {'epoch':>7s}  {'created':25s}  models")
+    for job in page["items"]:
+        progress = job["progress"]
+        epochs = f"{progress['epoch']}/{progress['epochs'] or '?'}"
+        print(f"{job['id']:32s}  {job['kind']:14s}  {job['status']:9s}  {epochs:>7s}  {job['created_at']:25s}  "
+              f"{' '.join(job['model_ids'])}")
+    print(f"({len(page['items'])} of {page['total']})", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import mimetypes
+    from pathlib import Path
+
+    files = []
+    for name in args.images:
+        path = Path(name)
+        if not path.is_file():
+            sys.exit(f"classcomp: no such file: {name}")
+        files.append(("files", (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")))
+    with _client(args) as client:
+        print(json.dumps(_call(client, "POST", f"/v1/models/{args.model_id}/predict", files=files), indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classcomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +253,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--image-size", type=int, default=64)
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("serve", help="run the API here, with a worker unless --no-worker (embedded mode by default)")
+    p.add_argument("--host", default=None, help="default: CLASSCOMP_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: CLASSCOMP_PORT or 8000")
+    p.add_argument("--no-worker", action="store_true", help="API only; jobs run on `classcomp worker` processes")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker for training jobs (one at a time)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
+
+    url_help = "the service (default: CLASSCOMP_URL or http://127.0.0.1:8000)"
+    p = sub.add_parser("submit", help="submit a training job to a running service")
+    add_run_arguments(p)
+    p.add_argument("--wait", action="store_true", help="follow the job to its end and print it")
+    p.add_argument("--url", default=None, help=url_help)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list the jobs of a running service, newest first")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--url", default=None, help=url_help)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("predict", help="classify image files with a model of a running service")
+    p.add_argument("model_id")
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("--url", default=None, help=url_help)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

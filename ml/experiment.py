@@ -1,0 +1,70 @@
+"""The paper's MNIST experiment (tables 1 and 2): every model under every condition.
+
+The grid is plain data; whoever runs it (the worker) trains each cell with `ml.train.train` and
+collects one row per cell, from which `markdown_tables` prints the paper's two tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ml.config import MODEL_NAMES, DatasetConfig, RunConfig, TrainingConfig
+
+CONDITIONS = ("vanilla", "imbalance", "noisy")
+
+
+@dataclass
+class ExperimentConfig:
+    models: list[str] = field(default_factory=lambda: list(MODEL_NAMES))
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.models or any(m not in MODEL_NAMES for m in self.models):
+            raise ValueError(f"models must be a non-empty subset of {', '.join(MODEL_NAMES)}")
+        if not self.conditions or any(c not in CONDITIONS for c in self.conditions):
+            raise ValueError(f"conditions must be a non-empty subset of {', '.join(CONDITIONS)}")
+        if len(set(self.models)) != len(self.models) or len(set(self.conditions)) != len(self.conditions):
+            raise ValueError("models and conditions must not repeat")
+        if "unet-pretrained" in self.models and "resnet" not in self.models:
+            raise ValueError("unet-pretrained starts from the resnet of its condition: include resnet in models")
+
+    def cells(self) -> list[tuple[str, str]]:
+        """(model, condition) in training order: each condition's resnet before its unet-pretrained."""
+        order = sorted(self.models, key=lambda m: m == "unet-pretrained")
+        return [(model, condition) for condition in self.conditions for model in order]
+
+    def run_config(self, model: str, condition: str, init_from: str | None = None) -> RunConfig:
+        return RunConfig(model=model, dataset=replace(self.dataset, condition=condition),
+                         training=self.training, init_from=init_from)
+
+    def total_epochs(self) -> int:
+        """How many epoch records training the whole grid emits: the sum of `epochs_of` over cells."""
+        return sum(epochs_of(model, self.training) for model, _ in self.cells())
+
+
+def epochs_of(model: str, training: TrainingConfig) -> int:
+    """How many epochs (`on_epoch` calls of ml.train.train) training `model` takes: a VAE + SVM
+    adds its head's epochs to the VAE's."""
+    return training.epochs + (training.head_epochs if model == "vae-svm" else 0)
+
+
+def markdown_tables(rows: list[dict]) -> str:
+    """Validation accuracy (%) and training time (s), models down and conditions across, as in
+    the paper. Each row holds model, condition, val_accuracy and train_seconds."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    conditions = list(dict.fromkeys(r["condition"] for r in rows))
+    cell = {(r["model"], r["condition"]): r for r in rows}
+
+    def table(title: str, key: str, fmt) -> str:
+        lines = [f"### {title}", "", "| model | " + " | ".join(conditions) + " |",
+                 "|---|" + "---:|" * len(conditions)]
+        for m in models:
+            values = [fmt(cell[m, c][key]) if (m, c) in cell and cell[m, c].get(key) is not None else "-"
+                      for c in conditions]
+            lines.append(f"| {m} | " + " | ".join(values) + " |")
+        return "\n".join(lines)
+
+    return (table("Validation accuracy (%)", "val_accuracy", lambda v: f"{100 * v:.2f}") + "\n\n"
+            + table("Training time (seconds)", "train_seconds", lambda v: f"{v:.1f}") + "\n")

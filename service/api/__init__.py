@@ -1,0 +1,1 @@
+"""HTTP routes, one router per resource; each route validates, calls a registry/inference function and shapes the answer."""

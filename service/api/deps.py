@@ -1,0 +1,39 @@
+"""Dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service import registry
+from service.errors import not_found
+from service.inference import ModelCache
+from service.settings import Settings, get_settings
+
+SessionDep = Annotated[Session, Depends(registry.get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def swept_session(session: SessionDep, settings: SettingsDep) -> Session:
+    """A session in which jobs whose worker died already read as failed, not as running."""
+    registry.sweep_stale_jobs(session, settings.job_stale_seconds)
+    return session
+
+
+SweptSessionDep = Annotated[Session, Depends(swept_session)]
+
+
+def model_cache(request: Request) -> ModelCache:
+    return request.app.state.model_cache
+
+
+ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]
+
+
+def get_model_or_404(session: Session, model_id: str) -> registry.Model:
+    model = registry.get_model(session, model_id)
+    if model is None:
+        raise not_found("model", model_id)
+    return model

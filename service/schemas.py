@@ -1,0 +1,340 @@
+"""Every request and response body of the HTTP API.
+
+A job request is a union discriminated on `kind`. The train job *is* the library's RunConfig
+plus its tag, so the API validates exactly what ml.config validates (field types here, value
+rules in the dataclasses' __post_init__) and there is no second schema to keep in step. The other
+kinds are built the same way: "error-analysis" is ml's ErrorAnalysisConfig and "experiment" ml's
+ExperimentConfig, each plus its tag. A new kind is a class added to `JobRequest` and a handler added
+to workers.tasks.HANDLERS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, with_config
+
+from ml.analysis.excess_risk import ErrorAnalysisConfig
+from ml.config import RunConfig
+from ml.experiment import ExperimentConfig
+from service.registry import JobStatus
+
+
+@with_config(ConfigDict(extra="forbid"))  # also applies to the nested DatasetConfig and TrainingConfig
+@dataclass
+class TrainJob(RunConfig):
+    """Train one model. `init_from` is the id of a registered resnet (for unet-pretrained)."""
+
+    kind: Literal["train"] = dataclasses.field(kw_only=True)  # keyword-only: required after RunConfig's defaults
+
+    def run_config(self) -> RunConfig:
+        return RunConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)})
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass
+class ErrorAnalysisJob(ErrorAnalysisConfig):
+    """The excess-risk decomposition (paper figure 10): per model, estimation and approximation error
+    against parameter count, on synthetic Gaussian images whose Bayes rule is known."""
+
+    kind: Literal["error-analysis"] = dataclasses.field(kw_only=True)
+
+    def analysis_config(self) -> ErrorAnalysisConfig:
+        return ErrorAnalysisConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ErrorAnalysisConfig)})
+
+
+@with_config(ConfigDict(extra="forbid"))
+@dataclass
+class ExperimentJob(ExperimentConfig):
+    """Every model under every condition (paper tables 1 and 2); each cell is trained and registered."""
+
+    kind: Literal["experiment"] = dataclasses.field(kw_only=True)
+
+    def experiment_config(self) -> ExperimentConfig:
+        return ExperimentConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ExperimentConfig)})
+
+
+JobRequest = Annotated[Union[TrainJob, ErrorAnalysisJob, ExperimentJob], Field(discriminator="kind")]
+job_request_adapter: TypeAdapter[TrainJob | ErrorAnalysisJob | ExperimentJob] = TypeAdapter(JobRequest)
+
+JOB_EXAMPLES = {
+    "vgg": {
+        "summary": "a small VGG on MNIST 0 vs 1",
+        "value": {
+            "kind": "train",
+            "model": "vgg",
+            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+            "training": {"epochs": 2, "width": 0.125},
+        },
+    },
+    "vae-kmeans": {
+        "summary": "the paper's VAE + K-means, noisy condition",
+        "value": {
+            "kind": "train",
+            "model": "vae-kmeans",
+            "dataset": {"name": "mnist", "digits": [3, 8], "image_size": 64, "condition": "noisy"},
+            "training": {"epochs": 10},
+        },
+    },
+    "unet-pretrained": {
+        "summary": "a UNet whose encoder starts from a trained resnet",
+        "value": {
+            "kind": "train",
+            "model": "unet-pretrained",
+            "init_from": "3f2c9a7e5b1d4c8f9e0a1b2c3d4e5f60",
+            "dataset": {"image_size": 32},
+            "training": {"epochs": 2, "width": 0.125},
+        },
+    },
+    "error-analysis": {
+        "summary": "the paper's excess-risk decomposition (figure 10)",
+        "value": {
+            "kind": "error-analysis",
+            "models": ["vgg", "resnet", "unet", "vae-svm", "vae-kmeans"],
+            "dataset": {"name": "gaussian", "image_size": 32, "mean": [-1.0, 1.0], "std": [3.0, 3.0]},
+            "n_train": 10,
+            "n_eval": 1000,
+            "repeats": 10,
+        },
+    },
+    "experiment": {
+        "summary": "the paper's tables 1 and 2 at a CPU-sized width",
+        "value": {
+            "kind": "experiment",
+            "models": ["vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans"],
+            "conditions": ["vanilla", "imbalance", "noisy"],
+            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+            "training": {"epochs": 2, "width": 0.125},
+        },
+    },
+}
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class Progress(BaseModel):
+    epoch: int
+    epochs: int | None = Field(description="known once the first epoch is done")
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    status: JobStatus
+    progress: Progress
+    metrics: list[dict[str, Any]] = Field(description="one record per finished epoch")
+    error: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    model_ids: list[str]
+    request: dict[str, Any]
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    job_id: str | None
+    model: str = Field(validation_alias="name")
+    config: dict[str, Any] = Field(description="the RunConfig it was trained with")
+    classes: list[int] = Field(description="the label each class index stands for")
+    parameter_count: int
+    train_seconds: float
+    final_metrics: dict[str, Any]
+    created_at: datetime
+
+
+class ModelMetrics(BaseModel):
+    model_id: str
+    epochs: list[int]
+    phases: list[str]
+    series: dict[str, list[float | None]] = Field(description="each metric per epoch, null where its phase has none")
+
+
+def _rectangular(image: list[list[float]]) -> list[list[float]]:
+    if len({len(row) for row in image}) != 1:
+        raise ValueError("every row of an image must have the same length")
+    return image
+
+
+Pixel = Annotated[float, Field(ge=0.0, le=1.0)]
+Image2D = Annotated[list[Annotated[list[Pixel], Field(min_length=1)]], Field(min_length=1), AfterValidator(_rectangular)]
+
+
+class PixelsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pixels: list[Image2D] = Field(min_length=1, description="grayscale images as 2-D arrays in [0, 1], any size")
+
+
+class Prediction(BaseModel):
+    label: int = Field(description="the original label (digit) of the predicted class")
+    class_index: int
+    probabilities: dict[str, float] = Field(description="keyed by label")
+    cluster: int | None = Field(None, description="VAE + K-means: the nearest cluster")
+    distance: float | None = Field(None, description="VAE + K-means: distance to that cluster's centre")
+    margin: float | None = Field(None, description="VAE + SVM: signed margin, positive for the second class")
+
+
+class PredictResponse(BaseModel):
+    model_id: str
+    predictions: list[Prediction]
+
+
+class ReconstructResponse(BaseModel):
+    model_id: str
+    image_size: int
+    reconstructions: list[list[list[float]]] = Field(description="at the model's image size, values in [0, 1]")
+
+
+class Embedding(BaseModel):
+    mean: list[float]
+    logvar: list[float]
+
+
+class EmbedResponse(BaseModel):
+    model_id: str
+    embeddings: list[Embedding]
+
+
+# Image endpoints read their body themselves (multipart or JSON), so their OpenAPI request body is
+# declared here rather than derived from a parameter.
+IMAGES_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": ["files"],
+                },
+                "encoding": {"files": {"contentType": "image/png, image/jpeg"}},
+            },
+            "application/json": {
+                "schema": PixelsRequest.model_json_schema(),
+                "examples": {
+                    "pixels": {
+                        "summary": "one 4x4 image",
+                        "value": {"pixels": [[[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]]},
+                    }
+                },
+            },
+        },
+    }
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422)
+}
+
+
+# Reports (service/api/reports.py) and figures (service/api/figures.py)
+
+PAPER_WASSERSTEIN = {"0": 0.065, "1": 0.0395, "reference": 0.152}
+
+
+class WassersteinClass(BaseModel):
+    label: int = Field(description="the original label (digit) of the class")
+    wasserstein: float = Field(description="sliced W1 between the class's validation images and their reconstructions")
+    std_error: float = Field(description="Monte-Carlo standard error of that estimate over the projections")
+    n_images: int
+
+
+class WassersteinReference(BaseModel):
+    labels: list[int] = Field(description="the two classes compared")
+    wasserstein: float = Field(description="sliced W1 between the validation images of the two classes")
+    std_error: float
+
+
+class WassersteinReport(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model_id": "3f2c9a7e5b1d4c8f9e0a1b2c3d4e5f60", "projections": 100, "seed": 0, "normalized": True,
+        "split": "validation",
+        "classes": [{"label": 0, "wasserstein": 0.061, "std_error": 0.004, "n_images": 980},
+                    {"label": 1, "wasserstein": 0.041, "std_error": 0.003, "n_images": 1135}],
+        "reference": {"labels": [0, 1], "wasserstein": 0.149, "std_error": 0.009},
+        "paper": PAPER_WASSERSTEIN,
+    }]})
+
+    model_id: str
+    projections: int = Field(description="random directions of the sliced distance")
+    seed: int = Field(description="seed of the directions: the same seed gives the same directions")
+    normalized: bool = Field(description="whether every image was min-max scaled to [0, 1] first, as in the paper")
+    split: Literal["validation"] = Field("validation", description="the split of the model's own dataset config")
+    classes: list[WassersteinClass] = Field(description="per class: originals against the VAE's reconstructions "
+                                            "(decoded latent means)")
+    reference: WassersteinReference = Field(description="class 0 against class 1 originals")
+    paper: dict[str, float] = Field(description="the paper's values (MNIST 0 vs 1, normalised), for context")
+
+
+FloatVector = Annotated[list[float], Field(min_length=1)]
+
+
+class BayesRiskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
+        {"mean0": -1, "mean1": 1, "cov0": 9, "cov1": 9, "dim": 1024},
+        {"mean0": [0, 0], "mean1": [1, 1], "cov0": [[1, 0.5], [0.5, 1]], "cov1": [2, 0.5], "prior1": 0.3,
+         "n_samples": 200000, "seed": 0},
+    ]})
+
+    mean0: float | FloatVector = Field(description="mean of class 0: a vector, or a scalar repeated on every coordinate")
+    mean1: float | FloatVector = Field(description="mean of class 1: a vector, or a scalar repeated on every coordinate")
+    cov0: float | FloatVector | list[FloatVector] = Field(
+        description="covariance of class 0: a scalar variance (isotropic), a diagonal, or a full symmetric matrix")
+    cov1: float | FloatVector | list[FloatVector] = Field(
+        description="covariance of class 1: a scalar variance (isotropic), a diagonal, or a full symmetric matrix")
+    dim: int | None = Field(None, ge=1, description="the dimension; required when every mean and covariance is a scalar")
+    prior1: float = Field(0.5, gt=0, lt=1, description="P(Y = 1)")
+    n_samples: int | None = Field(
+        None, ge=100, le=10_000_000,
+        description="Monte-Carlo draws when no closed form exists; by default 200000, fewer in high dimension "
+        "(n_samples x dimension is capped by CLASSCOMP_BAYES_MAX_SAMPLE_ENTRIES)")
+    seed: int | None = Field(0, ge=0, description="Monte-Carlo seed; null for a fresh one")
+    confidence: float = Field(0.95, gt=0, lt=1, description="level of the Monte-Carlo (Wilson) interval")
+    method: Literal["auto", "closed_form", "monte_carlo"] = Field(
+        "auto", description="auto: the closed form when the covariances are equal, Monte Carlo otherwise")
+
+
+class BayesRiskResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "dim": 2, "rule": {"kind": "linear", "predict_1_if": "w . x + b >= 0", "w": [1.0, 1.0], "b": -1.0,
+                           "priors": [0.5, 0.5]},
+        "risk": 0.2398, "method": "closed_form", "ci_low": 0.2398, "ci_high": 0.2398, "confidence": 0.95,
+        "n_samples": None, "mahalanobis": 1.4142,
+    }]})
+
+    dim: int
+    rule: dict[str, Any] = Field(description="the Bayes rule: `linear` (w, b) for a shared covariance, else "
+                                 "`quadratic` (eq. 11), with the inequality that predicts class 1")
+    risk: float = Field(description="R(h*), the misclassification rate of the Bayes rule")
+    method: Literal["closed_form", "monte_carlo"]
+    ci_low: float = Field(description="equal to risk for the closed form")
+    ci_high: float
+    confidence: float
+    n_samples: int | None = Field(description="Monte-Carlo draws; null for the closed form")
+    mahalanobis: float | None = Field(description="Mahalanobis distance between the means (shared covariance only)")

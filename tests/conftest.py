@@ -1,0 +1,302 @@
+"""Shared fixtures: the MNIST data directory, free ports, service processes, PNGs of real test digits.
+
+Service processes run in their own process groups and are always stopped with everything they
+started (a `serve` stops its worker; a worker's pool process goes with its group). When a test
+fails, the logs of the running services are attached to its report.
+
+The distributed mode runs against real Redis and PostgreSQL. Each test session gets its own
+PostgreSQL database (created on the `test` database's server, dropped afterwards) and its own
+Celery queue name, so concurrent runs never see each other's jobs. Without reachable servers
+those tests are skipped, except under CI=true, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+import redis
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSCOMP = [sys.executable, "-m", "service.cli"]
+
+_running: list[ServiceProcess] = []
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ.get("CLASSCOMP_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        pytest.fail(f"MNIST is not in {path}/MNIST/raw: set CLASSCOMP_DATA_DIR")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """A classcomp command run as a subprocess in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        # Only the settings given here: none inherited from the developer's shell.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CLASSCOMP_")}
+        self.process = subprocess.Popen(
+            args, env={**inherited, **env}, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        _running.append(self)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once: what a crash or a lost machine does."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+    def stop(self, grace_seconds: float = 20) -> None:
+        """SIGTERM (a `serve` then stops its worker itself); SIGKILL the group after the grace period."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()  # also whatever the group still holds, e.g. a pool process
+        self._log.close()
+        if self in _running:
+            _running.remove(self)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for service in _running:
+            report.sections.append((f"log of {service.name}", service.log_tail()))
+
+
+def wait_ready(url: str, process: ServiceProcess, timeout: float = 90, probe: str = "/readyz") -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            raise RuntimeError(f"{process.name} exited with {process.process.returncode}:\n{process.log_tail()}")
+        try:
+            response = httpx.get(f"{url}{probe}", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        time.sleep(0.3)
+    raise RuntimeError(f"{process.name} not ready after {timeout}s ({last}):\n{process.log_tail()}")
+
+
+def start_service(
+    args: list[str], env: dict[str, str], log_dir: Path, name: str, probe: str = "/readyz"
+) -> tuple[str, ServiceProcess]:
+    """Start `classcomp <args>` serving on a free port; return its URL once `probe` answers 200."""
+    port = free_port()
+    process = ServiceProcess(name, [*CLASSCOMP, *args, "--port", str(port)], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, probe=probe)
+    except BaseException:
+        process.stop()
+        raise
+    return url, process
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> ServiceProcess:
+    process = ServiceProcess(name, [*CLASSCOMP, "worker"], env, log_dir)
+    deadline = time.monotonic() + 90
+    while " ready." not in process.log_tail(100_000):
+        if process.process.poll() is not None or time.monotonic() > deadline:
+            process.stop()
+            raise RuntimeError(f"worker did not start:\n{process.log_tail()}")
+        time.sleep(0.3)
+    return process
+
+
+@dataclass
+class Service:
+    url: str
+    env: dict[str, str]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+def service_env(home: Path, data_dir: Path, **settings: str) -> dict[str, str]:
+    """Settings for a test service: CPU (tests measure behaviour, not speed) and a 2 MB upload limit."""
+    env = {"CLASSCOMP_HOME": str(home), "CLASSCOMP_DATA_DIR": str(data_dir), "CLASSCOMP_DEVICE": "cpu",
+           "CLASSCOMP_MAX_UPLOAD_BYTES": "2000000"}
+    return {**env, **{f"CLASSCOMP_{k.upper()}": v for k, v in settings.items()}}
+
+
+@pytest.fixture(scope="session")
+def embedded_service(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Service]:
+    """`classcomp serve` (API + worker child) with a fresh CLASSCOMP_HOME: SQLite and the filesystem broker."""
+    home = tmp_path_factory.mktemp("classcomp-home")
+    env = service_env(home, data_dir)
+    url, process = start_service(["serve"], env, home, "serve")
+    yield Service(url, env)
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def analysis_models(embedded_service: Service) -> dict[str, str]:
+    """Ids of three models trained once on `embedded_service` for the report and figure tests: a VGG and a
+    VAE + K-means on tiny synthetic images (seconds), a VAE + SVM on MNIST 0 vs 1 (one epoch) whose
+    reconstructions the Wasserstein report measures. Tests must not delete them."""
+    from api_helpers import TINY_GAUSSIAN, small_train_job, submit, wait_finished  # tests/service is on sys.path
+
+    bodies = {
+        "vgg": {"kind": "train", "model": "vgg", "dataset": TINY_GAUSSIAN, "training": {"epochs": 2, "width": 0.125}},
+        "vae-svm": small_train_job("vae-svm", epochs=1, head_epochs=2),
+        "vae-kmeans": {"kind": "train", "model": "vae-kmeans", "dataset": TINY_GAUSSIAN,
+                       "training": {"epochs": 2, "width": 0.125}},
+    }
+    with embedded_service.client() as client:
+        submitted = {name: submit(client, body) for name, body in bodies.items()}
+        jobs = {name: wait_finished(client, job["id"]) for name, job in submitted.items()}
+    for job in jobs.values():
+        assert job["status"] == "succeeded", job
+    return {name: job["model_ids"][0] for name, job in jobs.items()}
+
+
+@pytest.fixture
+def service_without_broker(tmp_path: Path, data_dir: Path) -> Iterator[Service]:
+    """An API whose broker is unreachable (nothing listens on the port), with its own SQLite registry."""
+    env = service_env(tmp_path, data_dir, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    url, process = start_service(["serve", "--no-worker"], env, tmp_path, "api-without-broker", probe="/healthz")
+    yield Service(url, env)
+    process.stop()
+
+
+REDIS_URL = os.environ.get("CLASSCOMP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("CLASSCOMP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# Short, so that a killed worker's job is failed within seconds; several heartbeats still fit in it.
+STALE_SECONDS = "10"
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def distributed_env(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[dict[str, str]]:
+    missing = [url for url in (REDIS_URL, POSTGRES_URL) if not _reachable(url)]
+    if missing:
+        message = f"distributed tests need Redis and PostgreSQL; unreachable: {', '.join(missing)}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    run = uuid.uuid4().hex[:12]
+    database = f"classcomp_test_{run}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    home = tmp_path_factory.mktemp("distributed")
+    env = service_env(
+        home, data_dir,
+        broker_url=REDIS_URL,
+        database_url=urlsplit(POSTGRES_URL)._replace(path=f"/{database}").geturl(),
+        artifact_dir=str(home / "shared-artifacts"),
+        queue=f"training-test-{run}",
+        job_stale_seconds=STALE_SECONDS,
+    )
+    try:
+        yield env
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        with redis.Redis.from_url(REDIS_URL) as broker:
+            for key in broker.scan_iter(f"*{run}*"):
+                broker.delete(key)
+
+
+class Workers:
+    """The session's worker process, which a test may kill (as a crash would) and replace."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self.env, self.log_dir, self.count = env, log_dir, 0
+        self.current = self.start()
+
+    def start(self) -> ServiceProcess:
+        self.count += 1
+        return start_worker(self.env, self.log_dir, name=f"worker-{self.count}")
+
+    def replace(self) -> None:
+        self.current.stop()
+        self.current = self.start()
+
+
+@pytest.fixture(scope="session")
+def distributed_workers(distributed_env: dict[str, str]) -> Iterator[Workers]:
+    workers = Workers(distributed_env, Path(distributed_env["CLASSCOMP_HOME"]))
+    yield workers
+    workers.current.stop()
+
+
+@pytest.fixture(scope="session")
+def distributed_service(distributed_env: dict[str, str], distributed_workers: Workers) -> Iterator[Service]:
+    """The API alone (`classcomp serve --no-worker`) against PostgreSQL and Redis; jobs run on `distributed_workers`."""
+    url, process = start_service(["serve", "--no-worker"], distributed_env, Path(distributed_env["CLASSCOMP_HOME"]), "api")
+    yield Service(url, distributed_env)
+    process.stop()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An MNIST IDX file (images or labels) as a numpy array."""
+    raw = path.read_bytes()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_mnist_pngs(data_dir: Path, out_dir: Path, digits: tuple[int, ...], count: int) -> list[tuple[Path, int]]:
+    """The first `count` MNIST test images of `digits` as PNG files, with their labels."""
+    raw = data_dir / "MNIST" / "raw"
+    images, labels = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in np.flatnonzero(np.isin(labels, digits))[:count]:
+        path = out_dir / f"mnist-{index}-{labels[index]}.png"
+        Image.fromarray(images[index]).save(path)
+        written.append((path, int(labels[index])))
+    return written
+
+
+@pytest.fixture(scope="session")
+def mnist_pngs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
+    """240 PNGs of real MNIST test 0s and 1s, with their labels."""
+    return write_mnist_pngs(data_dir, tmp_path_factory.mktemp("pngs"), (0, 1), 240)

@@ -1,0 +1,37 @@
+"""The client commands of `classcomp` against a running (embedded) service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CLASSCOMP = [sys.executable, "-m", "service.cli"]
+
+
+def classcomp(service, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLASSCOMP, *args, "--url", service.url], capture_output=True, text=True, timeout=180)
+
+
+def test_submit_wait_jobs_and_predict(embedded_service, mnist_pngs):
+    done = classcomp(embedded_service, "submit", "--model", "vae-kmeans", "--image-size", "32", "--width", "0.125",
+                     "--epochs", "1", "--wait")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["progress"] == {"epoch": 1, "epochs": 1}
+    assert "epoch" in done.stderr  # the progress bar
+
+    listed = classcomp(embedded_service, "jobs", "--status", "succeeded")
+    assert listed.returncode == 0 and job["id"] in listed.stdout
+
+    images = [str(path) for path, _ in mnist_pngs[:4]]
+    predicted = classcomp(embedded_service, "predict", job["model_ids"][0], *images)
+    assert predicted.returncode == 0, predicted.stderr
+    labels = [p["label"] for p in json.loads(predicted.stdout)["predictions"]]
+    assert sum(p == label for p, (_, label) in zip(labels, mnist_pngs[:4])) >= 3  # one epoch of training
+
+
+def test_client_errors_are_one_line(embedded_service):
+    result = classcomp(embedded_service, "predict", "0123456789abcdef0123456789abcdef", __file__)
+    assert result.returncode != 0
+    assert "there is no model" in result.stderr and "404 model_not_found" in result.stderr

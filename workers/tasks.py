@@ -1,0 +1,211 @@
+"""The one task, `run_job`: pick a queued job up, run the handler for its kind, record the outcome.
+
+While a job runs, a heartbeat thread stamps it in the registry; if the process dies, the stamps
+stop and the API's sweep fails the job ("worker lost") instead of leaving it running forever.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery.utils.log import get_task_logger
+
+from ml import artifacts
+from ml.analysis.excess_risk import excess_risk
+from ml.config import RunConfig
+from ml.data import MissingDataError, load_dataset
+from ml.experiment import epochs_of
+from ml.models import parameter_count
+from ml.train import train
+from service import registry, storage
+from service.registry import Job, JobStatus
+from service.schemas import ErrorAnalysisJob, ExperimentJob, TrainJob, job_request_adapter
+from service.settings import get_settings
+from workers.app import RUN_JOB, app
+
+logger = get_task_logger(__name__)
+
+
+def json_safe(value: Any) -> Any:
+    """Metrics with NaN or infinity (a diverged run) as null: JSON columns and responses reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@contextmanager
+def heartbeat(job_id: str, interval: float) -> Iterator[None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                registry.heartbeat(job_id)
+            except Exception:  # a registry hiccup must not kill the job; the next beat may get through
+                logger.warning("heartbeat for job %s failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# Failures that are the request's or the environment's fault: their message alone is the job's error.
+EXPECTED_ERRORS = (MissingDataError, ValueError)
+
+
+def error_text(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, EXPECTED_ERRORS) else f"{type(exc).__name__}: {exc}"
+
+
+def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> registry.Model | None:
+    """Train one run, write its artifacts (atomically, under a new model id) and return its registry
+    row, not yet registered; None if `on_epoch` stopped the training (then nothing is written).
+
+    The caller registers the row (registry.succeed_with_model / add_model) and, if that is refused,
+    removes the directory with storage.remove(model.id). `cfg.init_from` is a registered model id.
+    """
+    settings = get_settings()
+    data = load_dataset(cfg.dataset, settings.mnist_dir, settings.download)
+    init_state = None
+    if cfg.init_from:
+        try:
+            init_state = artifacts.load_state(storage.model_dir(cfg.init_from))
+        except artifacts.ArtifactError as exc:
+            raise ValueError(f"init_from model {cfg.init_from} cannot be loaded (was it deleted?): {exc}") from exc
+
+    result = train(cfg, data, device=settings.device, init_state=init_state, on_epoch=on_epoch)
+    if result.stopped:
+        return None
+    model_id = registry.new_id()
+    artifacts.save(result, cfg, storage.model_dir(model_id))
+    return registry.Model(
+        id=model_id,
+        name=cfg.model,
+        config=cfg.to_dict(),
+        classes=cfg.dataset.classes,
+        parameter_count=parameter_count(result.model),
+        train_seconds=result.seconds,
+        final_metrics=json_safe(result.final),
+        history=json_safe(result.history),
+        created_at=registry.now(),
+    )
+
+
+def run_train(job: Job) -> None:
+    request: TrainJob = job_request_adapter.validate_python(job.request)
+
+    def on_epoch(record: dict) -> bool:
+        return registry.record_epoch(job.id, json_safe(record))
+
+    model = train_model(request.run_config(), on_epoch)
+    if model is None:
+        registry.finish_job(job.id, JobStatus.cancelled)
+    elif not registry.succeed_with_model(job.id, model):
+        # The job was failed meanwhile (the sweep thought this worker lost): keep no unregistered files.
+        storage.remove(model.id)
+
+
+def run_experiment(job: Job) -> None:
+    """Train every (model, condition) cell in `cells()` order, registering each model as it is done.
+
+    Progress counts epochs over the whole grid: a record's `epoch`/`epochs` are the grid's, and it
+    also names its cell (`cell`, `cells`, `model`, `condition`) and the epoch within the cell
+    (`cell_epoch`, `cell_epochs`). A cancel stops at the end of the current epoch; a cell that fails
+    fails the job with that cell's error. Either way the models of finished cells stay registered
+    (they are whole models, listed in the job's model_ids); the unfinished cell leaves nothing.
+    Each unet-pretrained starts from the resnet trained just before it under the same condition.
+    """
+    request: ExperimentJob = job_request_adapter.validate_python(job.request)
+    experiment = request.experiment_config()
+    cells = experiment.cells()
+    total = experiment.total_epochs()
+    done = 0  # epochs of the cells already trained
+    resnets: dict[str, str] = {}  # condition -> the id of its resnet
+    rows: list[dict] = []
+    for index, (name, condition) in enumerate(cells, start=1):
+        cfg = experiment.run_config(name, condition, init_from=resnets.get(condition) if name == "unet-pretrained" else None)
+        where = {"cell": index, "cells": len(cells), "model": name, "condition": condition}
+
+        def on_epoch(record: dict, offset: int = done, where: dict = where) -> bool:
+            grid = {**record, **where, "epoch": offset + record["epoch"], "epochs": total,
+                    "cell_epoch": record["epoch"], "cell_epochs": record["epochs"]}
+            return registry.record_epoch(job.id, json_safe(grid))
+
+        try:
+            model = train_model(cfg, on_epoch)
+        except Exception as exc:
+            if not isinstance(exc, EXPECTED_ERRORS):
+                logger.exception("job %s: cell %s under %s failed", job.id, name, condition)
+            kept = f"; the {len(rows)} model(s) of earlier cells stay registered" if rows else ""
+            registry.finish_job(job.id, JobStatus.failed,
+                                f"{name} under {condition} (cell {index} of {len(cells)}): {error_text(exc)}{kept}")
+            return
+        if model is None:
+            registry.finish_job(job.id, JobStatus.cancelled)
+            return
+        if not registry.add_model(job.id, model):
+            storage.remove(model.id)  # the job was failed meanwhile (the sweep thought this worker lost)
+            return
+        if name == "resnet":
+            resnets[condition] = model.id
+        done += epochs_of(name, experiment.training)
+        rows.append({"model": name, "condition": condition, "model_id": model.id,
+                     "val_accuracy": model.final_metrics.get("val_accuracy"),
+                     "train_seconds": model.train_seconds, "parameter_count": model.parameter_count})
+    report = {"models": experiment.models, "conditions": experiment.conditions, "rows": rows}
+    registry.succeed_with_report(job.id, json_safe(report))
+
+
+def run_error_analysis(job: Job) -> None:
+    """The excess-risk decomposition. Progress counts (model, repeat) pairs, each two trainings (h-hat
+    on n_train images, h-bar on the evaluation set): a record's `epoch`/`epochs` are pairs done and
+    in all, with the pair's `model` and `repeat`. A cancel stops after the current pair; a cancelled
+    job keeps no report."""
+    request: ErrorAnalysisJob = job_request_adapter.validate_python(job.request)
+    cfg = request.analysis_config()
+
+    def on_progress(done: int, total: int) -> bool:
+        record = {"epoch": done, "epochs": total, "phase": "error-analysis",
+                  "model": cfg.models[(done - 1) % len(cfg.models)], "repeat": (done - 1) // len(cfg.models) + 1}
+        return registry.record_epoch(job.id, record)
+
+    report = excess_risk(cfg, device=get_settings().device, on_progress=on_progress)
+    if report["stopped"]:
+        registry.finish_job(job.id, JobStatus.cancelled)
+        return
+    registry.succeed_with_report(job.id, json_safe(report))
+
+
+HANDLERS: dict[str, Callable[[Job], None]] = {
+    "train": run_train,
+    "experiment": run_experiment,
+    "error-analysis": run_error_analysis,
+}
+
+
+@app.task(name=RUN_JOB)
+def run_job(job_id: str) -> None:
+    job = registry.claim_job(job_id, worker=run_job.request.hostname or socket.gethostname())
+    if job is None:
+        logger.info("skipping job %s: it is no longer queued", job_id)
+        return
+    with heartbeat(job_id, get_settings().heartbeat_seconds):
+        try:
+            HANDLERS[job.kind](job)
+        except Exception as exc:
+            if not isinstance(exc, EXPECTED_ERRORS):
+                logger.exception("job %s failed", job_id)
+            registry.finish_job(job_id, JobStatus.failed, error_text(exc))
