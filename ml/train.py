@@ -211,32 +211,36 @@ def train(
         total = tc.epochs + head_epochs
         vae_loss = vae_step(tc.beta)
 
+        # The latent classifiers see the training images as the VAE saw them: corrupted, for noisy.
+        x_train = corrupt(data.x_train, torch.Generator(device=device).manual_seed(tc.seed)) if data.noisy else data.x_train
+
         @torch.no_grad()
-        def val_vae_loss() -> dict[str, float]:
+        def evaluate_vae() -> dict[str, float]:
+            """Validation loss; for vae-kmeans also K-means refitted on this epoch's latents, so every
+            epoch reports how separable the latent space has become and the last fit is the model's."""
             model.vae.eval()
             total = torch.zeros((), device=device)
             for start in range(0, len(data.x_val), EVAL_BATCH):
                 batch = data.x_val[start : start + EVAL_BATCH]
                 total += vae_loss(model.vae, batch, None)[0] * len(batch)
-            return {"val_loss": total.item() / len(data.x_val)}
+            metrics = {"val_loss": total.item() / len(data.x_val)}
+            if isinstance(model, VAEKMeans):
+                fit_kmeans(model, latent_means(model.vae, x_train, device), data.y_train, tc.seed)
+                metrics["train_accuracy"] = accuracy(lambda x: predict(model, x)["class_index"], x_train, data.y_train, device)
+                metrics.update(val_accuracy())
+            return metrics
 
         result.stopped = run_epochs(
             model.vae, data, vae_loss, tc, device, phase="vae", epochs=tc.epochs,
-            epoch_offset=0, total_epochs=total, evaluate=val_vae_loss, **common,
+            epoch_offset=0, total_epochs=total, evaluate=evaluate_vae, **common,
         )
-        if not result.stopped:
-            x_train = corrupt(data.x_train, torch.Generator(device=device).manual_seed(tc.seed)) if data.noisy else data.x_train
-            z_train = latent_means(model.vae, x_train, device)
-            if isinstance(model, VAESVM):
-                latents = Dataset(z_train, data.y_train, latent_means(model.vae, data.x_val, device), data.y_val, data.classes)
-                result.stopped = run_epochs(
-                    model.head, latents, hinge_step, tc, device, phase="head", epochs=head_epochs,
-                    epoch_offset=tc.epochs, total_epochs=total, evaluate=val_accuracy, **common,
-                )
-            else:
-                fit_kmeans(model, z_train, data.y_train, tc.seed)
-                train_acc = accuracy(lambda x: predict(model, x)["class_index"], x_train, data.y_train, device)
-                result.history[-1].update({"train_accuracy": train_acc, **val_accuracy()})
+        if isinstance(model, VAESVM) and not result.stopped:
+            z_val = latent_means(model.vae, data.x_val, device)
+            latents = Dataset(latent_means(model.vae, x_train, device), data.y_train, z_val, data.y_val, data.classes)
+            result.stopped = run_epochs(
+                model.head, latents, hinge_step, tc, device, phase="head", epochs=head_epochs,
+                epoch_offset=tc.epochs, total_epochs=total, evaluate=val_accuracy, **common,
+            )
     model.eval()
     result.seconds = time.perf_counter() - started
     for record in result.history:

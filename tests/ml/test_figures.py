@@ -4,8 +4,6 @@ Tiny models (width 0.125, 32x32, one epoch, 2000 MNIST 0/1 images) are trained o
 """
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import torch
 from PIL import Image
 
 from ml.config import DatasetConfig, RunConfig, TrainingConfig
-from ml.data import Dataset, MissingDataError, load_dataset
+from ml.data import Dataset
 from ml.figures import (
     FIGURES,
     FigureNotApplicable,
@@ -27,7 +25,6 @@ from ml.figures import (
 from ml.models import build_model
 from ml.train import TrainResult, train
 
-DATA_DIR = Path(os.environ.get("CLASSCOMP_DATA_DIR", "/work/shared/data"))
 SIZE, WIDTH = 32, 0.125
 CNN_FIGURES = {"training-curves", "kernels", "feature-maps"}
 VAE_FIGURES = {"training-curves", "latent-tsne", "latent-classifiers", "reconstructions"}
@@ -41,11 +38,8 @@ def _config(model: str) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def data() -> Dataset:
-    try:
-        full = load_dataset(DatasetConfig(image_size=SIZE), DATA_DIR)
-    except MissingDataError as exc:
-        pytest.skip(str(exc))
+def data(mnist32: Dataset) -> Dataset:
+    full = mnist32
     return Dataset(full.x_train[:2000], full.y_train[:2000], full.x_val[:600], full.y_val[:600], full.classes)
 
 
