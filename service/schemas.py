@@ -133,8 +133,11 @@ class Page(BaseModel, Generic[T]):
 
 
 class Progress(BaseModel):
+    """Units of work done and in all: epochs for `train`; epochs over the whole grid for `experiment`;
+    (model, repeat) pairs, each two trainings, for `error-analysis`."""
+
     epoch: int
-    epochs: int | None = Field(description="known once the first epoch is done")
+    epochs: int | None = Field(description="known once the first unit is done")
 
 
 class JobOut(BaseModel):

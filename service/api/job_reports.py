@@ -68,8 +68,8 @@ def error_analysis_markdown(report: dict[str, Any]) -> str:
     lines = [
         "### Excess-risk decomposition",
         "",
-        f"{report['n_train']} training images, R_n on {report['n_eval']} images, {report['repeats']} repeats "
-        "(mean ± standard deviation over repeats).",
+        (f"{report['n_train']} training images, R_n on {report['n_eval']} images, {report['repeats']} repeats "
+         "(mean ± standard deviation over repeats)."),
         "",
         "| model | parameters | estimation error (EE) | approximation error (AE) | R_n(h-hat) | R_n(h-bar) | repeats |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -83,8 +83,8 @@ def error_analysis_markdown(report: dict[str, Any]) -> str:
         how += f", Mahalanobis distance Δ = {bayes['mahalanobis']:.4f}"
     lines += [
         "",
-        f"Bayes risk R(h*) = {bayes['risk']:.6g} ({how}); mean R_n(h*) on the evaluation sets = "
-        f"{bayes['empirical_risk_mean']:.4f}.",
+        (f"Bayes risk R(h*) = {bayes['risk']:.6g} ({how}); mean R_n(h*) on the evaluation sets = "
+         f"{bayes['empirical_risk_mean']:.4f}."),
     ]
     return "\n".join(lines) + "\n"
 
