@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ml.config import MODEL_NAMES, DatasetConfig, RunConfig, TrainingConfig
+from ml.train import epochs_of
 
 CONDITIONS = ("vanilla", "imbalance", "noisy")
 
@@ -42,12 +43,6 @@ class ExperimentConfig:
     def total_epochs(self) -> int:
         """How many epoch records training the whole grid emits: the sum of `epochs_of` over cells."""
         return sum(epochs_of(model, self.training) for model, _ in self.cells())
-
-
-def epochs_of(model: str, training: TrainingConfig) -> int:
-    """How many epochs (`on_epoch` calls of ml.train.train) training `model` takes: a VAE + SVM
-    adds its head's epochs to the VAE's."""
-    return training.epochs + (training.head_epochs if model == "vae-svm" else 0)
 
 
 def markdown_tables(rows: list[dict]) -> str:

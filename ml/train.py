@@ -35,6 +35,12 @@ class TrainResult:
     stopped: bool = False
 
 
+def epochs_of(model: str, training: TrainingConfig) -> int:
+    """How many epoch records (`on_epoch` calls) training `model` emits: a VAE + SVM adds its
+    head's epochs to the VAE's."""
+    return training.epochs + (training.head_epochs if model == "vae-svm" else 0)
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
@@ -207,8 +213,7 @@ def train(
             epoch_offset=0, total_epochs=tc.epochs, evaluate=val_accuracy, **common,
         )
     else:
-        head_epochs = tc.head_epochs if isinstance(model, VAESVM) else 0
-        total = tc.epochs + head_epochs
+        total = epochs_of(cfg.model, tc)
         vae_loss = vae_step(tc.beta)
 
         # The latent classifiers see the training images as the VAE saw them: corrupted, for noisy.
@@ -238,7 +243,7 @@ def train(
             z_val = latent_means(model.vae, data.x_val, device)
             latents = Dataset(latent_means(model.vae, x_train, device), data.y_train, z_val, data.y_val, data.classes)
             result.stopped = run_epochs(
-                model.head, latents, hinge_step, tc, device, phase="head", epochs=head_epochs,
+                model.head, latents, hinge_step, tc, device, phase="head", epochs=total - tc.epochs,
                 epoch_offset=tc.epochs, total_epochs=total, evaluate=val_accuracy, **common,
             )
     model.eval()

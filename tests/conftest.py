@@ -189,6 +189,19 @@ def analysis_models(embedded_service: Service) -> dict[str, str]:
     return {name: job["model_ids"][0] for name, job in jobs.items()}
 
 
+@pytest.fixture(scope="module")
+def client(embedded_service: Service) -> Iterator[httpx.Client]:
+    """A client of the embedded service; a module that tests another service defines its own."""
+    with embedded_service.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def artifacts(embedded_service: Service) -> Path:
+    """The embedded service's artifact store, where tests look for files beside a model."""
+    return Path(embedded_service.env["CLASSCOMP_HOME"]) / "artifacts"
+
+
 @pytest.fixture
 def service_without_broker(tmp_path: Path, data_dir: Path) -> Iterator[Service]:
     """An API whose broker is unreachable (nothing listens on the port), with its own SQLite registry."""

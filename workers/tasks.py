@@ -19,9 +19,8 @@ from ml import artifacts
 from ml.analysis.excess_risk import excess_risk
 from ml.config import RunConfig
 from ml.data import MissingDataError, load_dataset
-from ml.experiment import epochs_of
 from ml.models import parameter_count
-from ml.train import train
+from ml.train import epochs_of, train
 from service import registry, storage
 from service.registry import Job, JobStatus
 from service.schemas import ErrorAnalysisJob, ExperimentJob, TrainJob, job_request_adapter

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ml.config import TrainingConfig
-from ml.experiment import ExperimentConfig, epochs_of, markdown_tables
+from ml.experiment import ExperimentConfig, markdown_tables
+from ml.train import epochs_of
 
 
 def test_cells_put_each_conditions_resnet_before_its_unet_pretrained():

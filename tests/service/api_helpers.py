@@ -59,3 +59,14 @@ def wait_finished(client: httpx.Client, job_id: str, timeout: float = 240) -> di
 def registry_counts(client: httpx.Client) -> tuple[int, int]:
     """(jobs, models) in the registry, as the API reports them."""
     return client.get("/v1/jobs", params={"limit": 1}).json()["total"], client.get("/v1/models", params={"limit": 1}).json()["total"]
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *in_message: str) -> str:
+    """The documented status, the one JSON error shape, its code and these words in its message; returns the message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    for fragment in in_message:
+        assert fragment in body["error"]["message"], body
+    return body["error"]["message"]

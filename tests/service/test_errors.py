@@ -5,14 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from api_helpers import TINY_GAUSSIAN, registry_counts, submit, wait_finished
+from api_helpers import TINY_GAUSSIAN, assert_error, registry_counts, submit, wait_finished
 from PIL import Image
-
-@pytest.fixture(scope="module")
-def client(embedded_service):
-    with embedded_service.client() as client:
-        yield client
-
 
 @pytest.fixture(scope="module")
 def cnn(client) -> dict:
@@ -29,15 +23,6 @@ def unchanged(client):
     before = registry_counts(client)
     yield
     assert registry_counts(client) == before
-
-
-def assert_error(response, status: int, code: str, *in_message: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == code
-    for fragment in in_message:
-        assert fragment in body["error"]["message"]
 
 
 def png_bytes(size=(28, 28)) -> bytes:

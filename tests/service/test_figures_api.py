@@ -4,10 +4,10 @@ GET figures are cached beside the model's artifacts, and feature maps of an uplo
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
+from api_helpers import assert_error
 from PIL import Image
 
 APPLICABLE = {
@@ -20,17 +20,6 @@ NOT_APPLICABLE = {
     "vae-svm": ("kernels", "feature-maps"),
     "vae-kmeans": ("kernels", "feature-maps"),
 }
-
-
-@pytest.fixture(scope="module")
-def client(embedded_service):
-    with embedded_service.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def artifacts(embedded_service) -> Path:
-    return Path(embedded_service.env["CLASSCOMP_HOME"]) / "artifacts"
 
 
 def figure_url(model_id: str, name: str) -> str:
@@ -48,15 +37,6 @@ def assert_real_png(response) -> Image.Image:
     assert pixels.std() > 10, "the figure is almost uniform"
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) >= 16, "the figure has almost no colours"
     return image
-
-
-def assert_error(response, status: int, code: str, *in_message: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == code
-    for fragment in in_message:
-        assert fragment in body["error"]["message"], body
 
 
 @pytest.mark.parametrize(("model", "name"), [(m, n) for m, names in APPLICABLE.items() for n in names])

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 import pytest
-from api_helpers import FINISHED, TINY_GAUSSIAN, registry_counts, submit, wait_finished, wait_for_job
+from api_helpers import FINISHED, TINY_GAUSSIAN, assert_error, registry_counts, submit, wait_finished, wait_for_job
 from PIL import Image
 from scipy import stats
 
@@ -33,21 +33,6 @@ EXPERIMENT = {
     "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
     "training": {"epochs": 1, "width": 0.03125},
 }
-
-
-@pytest.fixture(scope="module")
-def client(embedded_service):
-    with embedded_service.client() as client:
-        yield client
-
-
-def assert_error(response, status: int, code: str, *words: str) -> str:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    for word in words:
-        assert word in error["message"], error
-    return error["message"]
 
 
 # --- no worker needed ---------------------------------------------------------------------------

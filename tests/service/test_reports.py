@@ -3,13 +3,11 @@ recomputations (the library at the same seed, and POT), and the Bayes risk again
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import ot
 import pytest
 import torch
-from api_helpers import TINY_GAUSSIAN, submit, wait_finished
+from api_helpers import TINY_GAUSSIAN, assert_error, submit, wait_finished
 from scipy import stats
 
 from ml import artifacts as ml_artifacts
@@ -18,17 +16,6 @@ from ml.data import load_dataset
 
 UNKNOWN = "0123456789abcdef0123456789abcdef"
 BAYES = "/v1/reports/bayes-risk"
-
-
-@pytest.fixture(scope="module")
-def client(embedded_service):
-    with embedded_service.client() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def artifacts(embedded_service) -> Path:
-    return Path(embedded_service.env["CLASSCOMP_HOME"]) / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +43,6 @@ def reconstructed(artifacts, vae_id, data_dir) -> tuple[torch.Tensor, torch.Tens
     with torch.no_grad():
         recon = loaded.model.vae.decode(loaded.model.vae.encode(data.x_val)[0])
     return data.x_val, recon, data.y_val
-
-
-def assert_error(response, status: int, code: str, *in_message: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and body["error"]["code"] == code
-    for fragment in in_message:
-        assert fragment in body["error"]["message"], body
 
 
 # Sliced Wasserstein
