@@ -37,3 +37,10 @@ def get_model_or_404(session: Session, model_id: str) -> registry.Model:
     if model is None:
         raise not_found("model", model_id)
     return model
+
+
+def get_job_or_404(session: Session, job_id: str) -> registry.Job:
+    job = registry.get_job(session, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job

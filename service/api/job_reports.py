@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from ml.experiment import markdown_tables
 from ml.figures import FigureNotApplicable, excess_risk_plot
 from service import registry
-from service.api.deps import SweptSessionDep
-from service.errors import ApiError, not_found
+from service.api.deps import SweptSessionDep, get_job_or_404
+from service.errors import ApiError
 from service.registry import JobStatus
 from service.schemas import ERROR_RESPONSES
 
@@ -121,9 +121,7 @@ def get_report(
     format_: Annotated[ReportFormat | None, Query(alias="format", description="json, md or png; overrides Accept")] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
-    job = registry.get_job(session, job_id)
-    if job is None:
-        raise not_found("job", job_id)
+    job = get_job_or_404(session, job_id)
     if job.kind not in REPORT_KINDS:
         models = " ".join(f"/v1/models/{model_id}" for model_id in job.model_ids)
         where = f": its result is a model, at {models}" if models else ": its result is a model, at /v1/models/{id}"

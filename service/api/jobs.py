@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from ml.config import RunConfig
 from ml.models import build_model
 from service import registry
-from service.api.deps import SessionDep, SweptSessionDep
+from service.api.deps import SessionDep, SweptSessionDep, get_job_or_404
 from service.errors import ApiError, not_found
 from service.registry import FINISHED, JobStatus
 from service.schemas import ERROR_RESPONSES, JOB_EXAMPLES, ErrorAnalysisJob, ExperimentJob, JobOut, JobRequest, Page, TrainJob
@@ -93,10 +93,7 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's status, progress and metrics")
 def get_job(job_id: str, session: SweptSessionDep) -> registry.Job:
-    job = registry.get_job(session, job_id)
-    if job is None:
-        raise not_found("job", job_id)
-    return job
+    return get_job_or_404(session, job_id)
 
 
 @router.post(
