@@ -11,65 +11,39 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections import OrderedDict
 
 from ml.config import DatasetConfig
 from ml.data import Dataset, MissingDataError, load_dataset
 from service.errors import ApiError
+from service.inference import LRUCache
 from service.settings import get_settings
 
 
-class DatasetCache:
-    """The most recently used validation splits (on the CPU), loaded once per dataset config."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self._datasets: OrderedDict[str, Dataset] = OrderedDict()
-        # One lock for lookups and loads, as in ModelCache: two requests for a cold split load it once.
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(cfg: DatasetConfig) -> str:
-        return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-
-    def get(self, cfg: DatasetConfig) -> Dataset:
-        key = self.key(cfg)
-        with self._lock:
-            if key in self._datasets:
-                self._datasets.move_to_end(key)
-                return self._datasets[key]
-            settings = get_settings()
-            try:
-                full = load_dataset(cfg, settings.mnist_dir, settings.download)
-            except MissingDataError as exc:
-                raise ApiError(503, "data_unavailable", str(exc)) from exc
-            empty_x, empty_y = full.x_val[:0].clone(), full.y_val[:0].clone()
-            data = Dataset(empty_x, empty_y, full.x_val, full.y_val, full.classes, full.noisy)
-            self._datasets[key] = data
-            if len(self._datasets) > self.size:
-                self._datasets.popitem(last=False)
-            return data
-
-    def clear(self) -> None:
-        with self._lock:
-            self._datasets.clear()
+def _load_validation(cfg: DatasetConfig) -> Dataset:
+    settings = get_settings()
+    try:
+        full = load_dataset(cfg, settings.mnist_dir, settings.download)
+    except MissingDataError as exc:
+        raise ApiError(503, "data_unavailable", str(exc)) from exc
+    return Dataset(full.x_val[:0].clone(), full.y_val[:0].clone(), full.x_val, full.y_val, full.classes, full.noisy)
 
 
-_cache: DatasetCache | None = None
+_cache: LRUCache[Dataset] | None = None
 _cache_lock = threading.Lock()
 
 
-def cache() -> DatasetCache:
+def cache() -> LRUCache[Dataset]:
     global _cache
     with _cache_lock:
         if _cache is None:
-            _cache = DatasetCache(get_settings().dataset_cache_size)
+            _cache = LRUCache(get_settings().dataset_cache_size)
         return _cache
 
 
 def validation_data(cfg: DatasetConfig) -> Dataset:
     """The validation split of `cfg` (x_val, y_val, classes); x_train and y_train are empty."""
-    return cache().get(cfg)
+    key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+    return cache().get(key, lambda: _load_validation(cfg))
 
 
 class LazyValidationData:

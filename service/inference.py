@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -26,34 +28,50 @@ from ml.train import pick_device
 from service import storage
 from service.errors import ApiError
 
+V = TypeVar("V")
 IMAGE_FORMATS = ("PNG", "JPEG")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+class LRUCache(Generic[V]):
+    """The `size` most recently used values, each loaded once.
+
+    One lock covers lookups and loads, so two requests for a cold key load it once.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._values: OrderedDict[str, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, load: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+            value = load()
+            self._values[key] = value
+            if len(self._values) > self.size:
+                self._values.popitem(last=False)
+            return value
+
+    def evict(self, key: str) -> None:
+        with self._lock:
+            self._values.pop(key, None)
 
 
 class ModelCache:
     """The most recently used models, loaded once and kept on the inference device."""
 
     def __init__(self, size: int, device: str | None):
-        self.size = size
         self.device = pick_device(device)
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        # One lock for lookups and loads: two requests for a cold model load it once.
-        self._lock = threading.Lock()
+        self._lru: LRUCache[LoadedModel] = LRUCache(size)
 
     def get(self, model_id: str) -> LoadedModel:
-        with self._lock:
-            if model_id in self._models:
-                self._models.move_to_end(model_id)
-                return self._models[model_id]
-            loaded = artifacts.load(storage.model_dir(model_id), self.device)
-            self._models[model_id] = loaded
-            if len(self._models) > self.size:
-                self._models.popitem(last=False)
-            return loaded
+        return self._lru.get(model_id, lambda: artifacts.load(storage.model_dir(model_id), self.device))
 
     def evict(self, model_id: str) -> None:
-        with self._lock:
-            self._models.pop(model_id, None)
+        self._lru.evict(model_id)
 
 
 @dataclass
