@@ -112,9 +112,9 @@ def gaussian_images(cfg: DatasetConfig, n: int, generator: torch.Generator) -> t
 def load_dataset(cfg: DatasetConfig, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
     """The train and validation splits of `cfg`, with its condition applied (on the CPU; call `.to`).
 
-    The imbalance resampling touches the training split only. For `noisy`, the validation split
-    is corrupted once here with a fixed seed (so every epoch is scored on the same images) and
-    the training split is corrupted per batch by the training loop.
+    The imbalance resampling (`cfg.train_imbalance`) touches the training split only. For `noisy`,
+    the validation split is corrupted once here with a fixed seed (so every epoch is scored on the
+    same images) and the training split is corrupted per batch by the training loop.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.name == "mnist":
@@ -126,103 +126,207 @@ def load_dataset(cfg: DatasetConfig, data_dir: str | Path | None = None, downloa
     else:
         x_train, y_train = gaussian_images(cfg, cfg.n_train, generator)
         x_val, y_val = gaussian_images(cfg, cfg.n_val, generator)
-    if cfg.condition == "imbalance":
-        x_train, y_train = resample_imbalance(x_train, y_train, cfg.imbalance, generator)
+    if cfg.train_imbalance is not None:
+        x_train, y_train = resample_imbalance(x_train, y_train, cfg.train_imbalance, generator)
     noisy = cfg.condition == "noisy"
     if noisy:
         x_val = corrupt(x_val, torch.Generator().manual_seed(cfg.seed + 1))
     return Dataset(x_train, y_train, x_val, y_val, cfg.classes, noisy)
 
 
-# The paper's corruption: torchvision's RandomHorizontalFlip, RandomVerticalFlip, RandomAffine,
-# RandomPerspective, RandomErasing, GaussianBlur and RandomAdjustSharpness, then additive N(0, 1)
-# noise. torchvision draws one set of parameters per call; here every image gets its own, drawn
-# on the device, so a whole batch is corrupted in a handful of kernels.
+# The paper's `noisy` condition is the authors' torchvision Compose (RandomHorizontalFlip,
+# RandomVerticalFlip, RandomAffine, RandomPerspective, RandomErasing, GaussianBlur,
+# RandomAdjustSharpness, then N(0, 1) noise), which they apply AFTER Normalize((0.5,), (0.5,)),
+# i.e. to images in [-1, 1]. So every fill and the erased box are 0, which is mid-grey here, not
+# black; and adjust_sharpness clamps its result to [0, 1] as if the image were still in [0, 1],
+# lifting the whole -1 background to 0 in the half of the images it touches. That bug is what
+# makes the paper's noisy condition hard, so it is reproduced, not fixed. The maths follows
+# torchvision's tensor code (0.29) step by step (integer translations and perspective corners,
+# nearest then bilinear resampling as two grid_samples, the fill mask multiplied into the
+# bilinear result); the only difference is that every image draws its own parameters, on the
+# device and through `generator`, with no host sync, as the authors call the Compose per sample.
 FLIP_P = 0.5
-MAX_ROTATION_DEG = 15.0
-MAX_TRANSLATE = 0.1
-SCALE_RANGE = (0.9, 1.1)
-PERSPECTIVE_P, PERSPECTIVE_DISTORTION = 0.5, 0.3
-ERASE_P, ERASE_AREA, ERASE_ASPECT = 0.5, (0.02, 0.2), (0.3, 3.3)
-BLUR_KERNEL, BLUR_SIGMA = 3, (0.1, 2.0)
+AFFINE_DEGREES, AFFINE_TRANSLATE, AFFINE_SCALE, AFFINE_SHEAR = 30.0, 0.1, (0.9, 1.1), 10.0
+PERSPECTIVE_P, PERSPECTIVE_DISTORTION = 0.5, 0.5
+ERASE_P, ERASE_AREA, ERASE_RATIO, ERASE_ATTEMPTS = 0.5, (0.02, 0.2), (0.3, 3.3), 10
+BLUR_KERNEL, BLUR_SIGMA = 5, (0.1, 2.0)
 SHARPNESS_P, SHARPNESS_FACTOR = 0.5, 2.0
 NOISE_STD = 1.0
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> Tensor:
-    return low + (high - low) * torch.rand(n, generator=g, device=device)
+def _uniform(shape: tuple[int, ...], low: float, high: float, g: torch.Generator, x: Tensor) -> Tensor:
+    return low + (high - low) * torch.rand(shape, generator=g, device=x.device, dtype=x.dtype)
 
 
-def _coin(n: int, p: float, g: torch.Generator, device: torch.device) -> Tensor:
-    return torch.rand(n, generator=g, device=device) < p
+def _coin(p: float, g: torch.Generator, x: Tensor) -> Tensor:
+    """Per-image Bernoulli(p), shaped to broadcast over (N, C, H, W)."""
+    return (torch.rand(x.shape[0], generator=g, device=x.device) < p).view(-1, 1, 1, 1)
 
 
-def _warp(x: Tensor, g: torch.Generator) -> Tensor:
-    """Per-image flips, affine map and perspective distortion as one homography and one grid_sample."""
-    n, device = x.shape[0], x.device
-    angle = torch.deg2rad(_uniform(n, -MAX_ROTATION_DEG, MAX_ROTATION_DEG, g, device))
-    scale = _uniform(n, *SCALE_RANGE, g, device)
-    flip_x = torch.where(_coin(n, FLIP_P, g, device), -1.0, 1.0)
-    flip_y = torch.where(_coin(n, FLIP_P, g, device), -1.0, 1.0)
-    h = torch.zeros(n, 3, 3, device=device)
-    h[:, 0, 0] = torch.cos(angle) / scale * flip_x
-    h[:, 0, 1] = -torch.sin(angle) / scale
-    h[:, 1, 0] = torch.sin(angle) / scale
-    h[:, 1, 1] = torch.cos(angle) / scale * flip_y
-    h[:, 0, 2] = _uniform(n, -2 * MAX_TRANSLATE, 2 * MAX_TRANSLATE, g, device)
-    h[:, 1, 2] = _uniform(n, -2 * MAX_TRANSLATE, 2 * MAX_TRANSLATE, g, device)
-    tilt = _coin(n, PERSPECTIVE_P, g, device).float() * PERSPECTIVE_DISTORTION
-    h[:, 2, 0] = _uniform(n, -1, 1, g, device) * tilt
-    h[:, 2, 1] = _uniform(n, -1, 1, g, device) * tilt
-    h[:, 2, 2] = 1.0
-    size = x.shape[-1]
-    lin = torch.linspace(-1, 1, size, device=device)
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    points = torch.stack([xx, yy, torch.ones_like(xx)], dim=-1).view(1, -1, 3)  # (1, S*S, 3)
-    mapped = points @ h.transpose(1, 2)
-    grid = (mapped[..., :2] / mapped[..., 2:].clamp(min=1e-3)).view(n, size, size, 2)
-    # Background outside the source image is black (-1), as torchvision fills with 0 before normalising.
-    return F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=True) - 1
+def _corners(x: Tensor, right: float, bottom: float) -> Tensor:
+    """(4, 2) corners (x, y) top-left, top-right, bottom-right, bottom-left of [0, right] x [0, bottom],
+    built on the device: a tensor from Python data would be a host-to-device copy, which syncs."""
+    corner = torch.arange(4, device=x.device)
+    is_right, is_bottom = (corner == 1) | (corner == 2), corner >= 2
+    return torch.stack([is_right * right, is_bottom * bottom], -1)
 
 
-def _erase(x: Tensor, g: torch.Generator) -> Tensor:
-    n, size, device = x.shape[0], x.shape[-1], x.device
-    area = _uniform(n, *ERASE_AREA, g, device) * size * size
-    log_aspect = _uniform(n, math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1]), g, device)
-    h = (area * log_aspect.exp()).sqrt().clamp(1, size)
-    w = (area / log_aspect.exp()).sqrt().clamp(1, size)
-    top = torch.rand(n, generator=g, device=device) * (size - h)
-    left = torch.rand(n, generator=g, device=device) * (size - w)
-    idx = torch.arange(size, device=device)
-    rows = (idx >= top[:, None]) & (idx < (top + h)[:, None])
-    cols = (idx >= left[:, None]) & (idx < (left + w)[:, None])
-    box = rows[:, :, None] & cols[:, None, :] & _coin(n, ERASE_P, g, device)[:, None, None]
-    return x.masked_fill(box[:, None], 0.0)
+def _to_grid_units(theta: Tensor, x: Tensor) -> Tensor:
+    """theta (N, 2, 3) with its rows divided by half the width and height, as torchvision rescales
+    it (in float32, before the product) to grid_sample's [-1, 1] coordinates."""
+    hgt, wid = x.shape[-2:]
+    return torch.stack([theta[:, 0] / (0.5 * wid), theta[:, 1] / (0.5 * hgt)], 1)
 
 
-def _depthwise(x: Tensor, kernels: Tensor) -> Tensor:
-    """Convolve image i with kernels[i] (n, k, k), replicate-padded, in one grouped conv."""
-    n, _, s, _ = x.shape
-    k = kernels.shape[-1]
-    padded = F.pad(x.view(1, n, s, s), (k // 2,) * 4, mode="replicate")
-    return F.conv2d(padded, kernels[:, None], groups=n).view(n, 1, s, s)
+def _map_pixels(x: Tensor, theta: Tensor, start: float) -> Tensor:
+    """theta (N, K, 3) applied to the homogeneous pixel centres of x (first one at `start`): (N, H, W, K).
+
+    torchvision multiplies a (H*W, 3) grid by theta in a bmm; summed in the same order over an
+    outer sum of rows and columns, this gives the same floats without the slow K=3 matmul.
+    """
+    hgt, wid = x.shape[-2:]
+    cols = torch.linspace(start, start + wid - 1, wid, dtype=x.dtype, device=x.device)
+    rows = torch.linspace(start, start + hgt - 1, hgt, dtype=x.dtype, device=x.device)
+    theta = theta[:, None, None]  # (N, 1, 1, K, 3)
+    return theta[..., 0] * cols[:, None] + theta[..., 1] * rows[:, None, None] + theta[..., 2]
 
 
-def _blur(x: Tensor, g: torch.Generator) -> Tensor:
-    n, device = x.shape[0], x.device
-    sigma = _uniform(n, *BLUR_SIGMA, g, device)
-    offsets = torch.arange(BLUR_KERNEL, device=device) - BLUR_KERNEL // 2
-    k1 = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma[:, None] ** 2))
-    k1 = k1 / k1.sum(1, keepdim=True)
-    return _depthwise(x, k1[:, :, None] * k1[:, None, :])
+def _affine(x: Tensor, angle: Tensor, translate: Tensor, scale: Tensor, shear: Tensor) -> Tensor:
+    """torchvision's F.affine about the centre (nearest, fill 0) with per-image angle and x-shear in
+    degrees, (N, 2) integer translations and scale; the inverse matrix in float64 as torchvision
+    computes it in Python floats."""
+    n, _, hgt, wid = x.shape
+    rot, sx, s = torch.deg2rad(angle.double()), torch.deg2rad(shear.double()), scale.double()
+    a, c = rot.cos(), rot.sin()
+    b, d = -a * sx.tan() - c, -c * sx.tan() + a
+    tx, ty = translate.double().unbind(-1)
+    m0, m1, m3, m4 = d / s, -b / s, -c / s, a / s
+    theta = torch.stack([m0, m1, m0 * -tx + m1 * -ty, m3, m4, m3 * -tx + m4 * -ty], -1).view(n, 2, 3).to(x.dtype)
+    grid = _map_pixels(x, _to_grid_units(theta, x), 0.5 - 0.5 * wid)
+    # With nearest sampling torchvision's fill mask is exactly 0 or 1, so fill 0 is zero padding.
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-def _sharpen(x: Tensor, g: torch.Generator) -> Tensor:
-    n, device = x.shape[0], x.device
-    smooth = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=device) / 13
-    degenerate = _depthwise(x, smooth.expand(n, 3, 3))
-    sharpened = (degenerate + SHARPNESS_FACTOR * (x - degenerate)).clamp(-1, 1)
-    return torch.where(_coin(n, SHARPNESS_P, g, device)[:, None, None, None], sharpened, x)
+def _perspective(x: Tensor, endpoints: Tensor) -> Tensor:
+    """torchvision's F.perspective (bilinear, fill 0) mapping the image corners to per-image integer
+    `endpoints` (N, 4, 2), ordered top-left, top-right, bottom-right, bottom-left as (x, y)."""
+    n, _, hgt, wid = x.shape
+    start = _corners(x, wid - 1, hgt - 1).double()
+    ex, ey = endpoints.double().unbind(-1)  # (N, 4) each
+    sx, sy = start.unbind(-1)
+    zero, one = torch.zeros_like(ex), torch.ones_like(ex)
+    rows_x = torch.stack([ex, ey, one, zero, zero, zero, -sx * ex, -sx * ey], -1)
+    rows_y = torch.stack([zero, zero, zero, ex, ey, one, -sy * ex, -sy * ey], -1)
+    system = torch.stack([rows_x, rows_y], 2).view(n, 8, 8)
+    # solve_ex: the four corners are never collinear, and checking would sync with the host.
+    coeffs = torch.linalg.solve_ex(system, start.view(1, 8).expand(n, 8))[0].to(x.dtype)
+    theta1 = _to_grid_units(coeffs[:, :6].view(n, 2, 3), x)
+    theta2 = torch.cat([coeffs[:, 6:], torch.ones_like(coeffs[:, :1])], 1).view(n, 1, 3)
+    grid = _map_pixels(x, theta1, 0.5) / _map_pixels(x, theta2, 0.5) - 1.0
+    # torchvision resamples a ones channel alongside and multiplies it in, so edge pixels that
+    # bilinear already blended with the zero padding are darkened towards the fill a second time.
+    sampled = F.grid_sample(
+        torch.cat([x, torch.ones_like(x[:, :1])], 1), grid,
+        mode="bilinear", padding_mode="zeros", align_corners=False,
+    )
+    return sampled[:, :-1] * sampled[:, -1:]
+
+
+def _blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """torchvision's F.gaussian_blur with a BLUR_KERNEL-square kernel and per-image sigma, reflect-padded."""
+    n, _, hgt, wid = x.shape
+    half = (BLUR_KERNEL - 1) * 0.5
+    offsets = torch.linspace(-half, half, BLUR_KERNEL, dtype=x.dtype, device=x.device)
+    pdf = torch.exp(-0.5 * (offsets / sigma[:, None]).pow(2))
+    k1 = pdf / pdf.sum(1, keepdim=True)
+    padded = F.pad(x, (BLUR_KERNEL // 2,) * 4, mode="reflect").view(1, n, hgt + 2 * (BLUR_KERNEL // 2), -1)
+    return F.conv2d(padded, (k1[:, :, None] * k1[:, None, :])[:, None], groups=n).view(n, 1, hgt, wid)
+
+
+def _sharpen(x: Tensor) -> Tensor:
+    """torchvision's F.adjust_sharpness(x, SHARPNESS_FACTOR): the border keeps its pixels, and the
+    blend is clamped to [0, 1] whatever range the image is in."""
+    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
+    kernel[1, 1] = 5.0
+    kernel /= kernel.sum()
+    n, _, hgt, wid = x.shape
+    degenerate = x.clone()
+    # One group per image: much faster on the CPU than a batch through a single-channel conv.
+    interior = F.conv2d(x.reshape(1, n, hgt, wid), kernel.expand(n, 1, 3, 3), groups=n)
+    degenerate[..., 1:-1, 1:-1] = interior.view(n, 1, hgt - 2, wid - 2)
+    return (SHARPNESS_FACTOR * x + (1.0 - SHARPNESS_FACTOR) * degenerate).clamp(0, 1)
+
+
+def random_horizontal_flip(x: Tensor, g: torch.Generator) -> Tensor:
+    return torch.where(_coin(FLIP_P, g, x), x.flip(-1), x)
+
+
+def random_vertical_flip(x: Tensor, g: torch.Generator) -> Tensor:
+    return torch.where(_coin(FLIP_P, g, x), x.flip(-2), x)
+
+
+def random_affine(x: Tensor, g: torch.Generator) -> Tensor:
+    n, _, hgt, wid = x.shape
+    angle = _uniform((n,), -AFFINE_DEGREES, AFFINE_DEGREES, g, x)
+    tx = _uniform((n,), -AFFINE_TRANSLATE * wid, AFFINE_TRANSLATE * wid, g, x).round()
+    ty = _uniform((n,), -AFFINE_TRANSLATE * hgt, AFFINE_TRANSLATE * hgt, g, x).round()
+    scale = _uniform((n,), *AFFINE_SCALE, g, x)
+    shear = _uniform((n,), -AFFINE_SHEAR, AFFINE_SHEAR, g, x)
+    return _affine(x, angle, torch.stack([tx, ty], -1), scale, shear)
+
+
+def random_perspective(x: Tensor, g: torch.Generator) -> Tensor:
+    n, _, hgt, wid = x.shape
+    dx, dy = int(PERSPECTIVE_DISTORTION * (wid // 2)), int(PERSPECTIVE_DISTORTION * (hgt // 2))
+    low = _corners(x, wid - dx - 1, hgt - dy - 1)
+    offsets = torch.stack([
+        torch.randint(0, dx + 1, (n, 4), generator=g, device=x.device),
+        torch.randint(0, dy + 1, (n, 4), generator=g, device=x.device),
+    ], -1)
+    return torch.where(_coin(PERSPECTIVE_P, g, x), _perspective(x, low + offsets), x)
+
+
+def random_erasing(x: Tensor, g: torch.Generator) -> Tensor:
+    """All ERASE_ATTEMPTS of torchvision's rejection loop drawn at once; the first that fits wins, and
+    an image where none fits is left alone (never happens here: the largest box is 0.81 of a side)."""
+    n, _, hgt, wid = x.shape
+    area = hgt * wid * _uniform((n, ERASE_ATTEMPTS), *ERASE_AREA, g, x)
+    ratio = _uniform((n, ERASE_ATTEMPTS), math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]), g, x).exp()
+    h, w = (area * ratio).sqrt().round(), (area / ratio).sqrt().round()
+    fits = (h < hgt) & (w < wid)
+    first = fits.int().argmax(1, keepdim=True)  # argmax returns the first of equal maxima
+    h, w = h.gather(1, first), w.gather(1, first)
+    # Integer corners uniform on [0, size - box]; the clamp catches rand * k rounding up to k in float32.
+    top = (_uniform((n, 1), 0, 1, g, x) * (hgt - h + 1)).floor().clamp(max=hgt - h)
+    left = (_uniform((n, 1), 0, 1, g, x) * (wid - w + 1)).floor().clamp(max=wid - w)
+    rows, cols = torch.arange(hgt, device=x.device), torch.arange(wid, device=x.device)
+    in_rows = (rows >= top) & (rows < top + h)
+    in_cols = (cols >= left) & (cols < left + w)
+    box = in_rows[:, :, None] & in_cols[:, None, :] & fits.any(1)[:, None, None]
+    return x.masked_fill(box[:, None] & _coin(ERASE_P, g, x), 0.0)
+
+
+def gaussian_blur(x: Tensor, g: torch.Generator) -> Tensor:
+    return _blur(x, _uniform((x.shape[0],), *BLUR_SIGMA, g, x))
+
+
+def random_adjust_sharpness(x: Tensor, g: torch.Generator) -> Tensor:
+    return torch.where(_coin(SHARPNESS_P, g, x), _sharpen(x), x)
+
+
+def add_gaussian_noise(x: Tensor, g: torch.Generator) -> Tensor:
+    return x + NOISE_STD * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+
+
+NOISY_STEPS = (
+    random_horizontal_flip,
+    random_vertical_flip,
+    random_affine,
+    random_perspective,
+    random_erasing,
+    gaussian_blur,
+    random_adjust_sharpness,
+)
 
 
 def corrupt(x: Tensor, generator: torch.Generator, augment: bool = True) -> Tensor:
@@ -232,5 +336,6 @@ def corrupt(x: Tensor, generator: torch.Generator, augment: bool = True) -> Tens
     noise-statistics test checks.
     """
     if augment:
-        x = _sharpen(_blur(_erase(_warp(x, generator), generator), generator), generator)
-    return x + NOISE_STD * torch.randn(x.shape, generator=generator, device=x.device)
+        for step in NOISY_STEPS:
+            x = step(x, generator)
+    return add_gaussian_noise(x, generator)
