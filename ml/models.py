@@ -91,39 +91,51 @@ class ConvNet(nn.Module):
 
 
 class UpStage(nn.Module):
-    """Upsample by 2 with a transpose conv, concatenate the encoder's skip, then two convs."""
+    """Upsample by 2 with a transpose conv, concatenate the encoder's skip, one conv.
+
+    As the authors' decoder block, the conv's BN + ReLU is followed by a second BN + ReLU.
+    """
 
     def __init__(self, c_in: int, c_skip: int, c_out: int):
         super().__init__()
         self.up = nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
-        self.body = Stage(c_out + c_skip, c_out, 2)
+        self.body = nn.Sequential(conv_bn_relu(c_out + c_skip, c_out), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         return self.body(torch.cat([self.up(x), skip], dim=1))
 
 
 class UNet(nn.Module):
-    """ResNet encoder, a 1024-channel bottleneck, a decoder with skips, then global average pooling.
+    """ResNet encoder, a one-conv 1024-channel bottleneck, a decoder with skips, then global average pooling.
 
     The encoder's `stages` are named and shaped as in ConvNet(residual=True), so a trained
-    resnet's stages load into it unchanged (`unet-pretrained`).
+    resnet's stages load into it unchanged (`unet-pretrained`). `freeze_encoder` keeps those
+    stages as loaded, batch-norm statistics included, as the authors trained their unet-pretrained.
     """
 
-    def __init__(self, width: float, image_size: int):
+    def __init__(self, width: float, image_size: int, freeze_encoder: bool = False):
         super().__init__()
         channels = stage_channels(width)
         c_in = [1, *channels[:-1]]
         self.stages = nn.ModuleList(ResidualStage(i, o, d) for i, o, d in zip(c_in, channels, STAGE_DEPTHS))
         bottleneck = scaled(BOTTLENECK_CHANNELS, width)
-        self.bottleneck = Stage(channels[-1], bottleneck, 2)
+        self.bottleneck = conv_bn_relu(channels[-1], bottleneck)
         ups, c = [], bottleneck
         for skip in reversed(channels):
             ups.append(UpStage(c, skip, skip))
             c = skip
         self.ups = nn.ModuleList(ups)
         self.classifier = nn.Linear(channels[0], NUM_CLASSES)
+        self.freeze_encoder = freeze_encoder
+        self.stages.requires_grad_(not freeze_encoder)
 
     features = ConvNet.features
+
+    def train(self, mode: bool = True) -> UNet:
+        super().train(mode)
+        if self.freeze_encoder:
+            self.stages.eval()  # a frozen encoder's batch norms keep the statistics it was trained with
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         skips = self.features(x)
@@ -134,7 +146,11 @@ class UNet(nn.Module):
 
 
 class VAE(nn.Module):
-    """MLP VAE: a 2-layer encoder to (mu, log-variance), a 3-layer decoder back to [-1, 1] pixels."""
+    """MLP VAE: two hidden layers to (mu, log-variance), three hidden layers back to [-1, 1] pixels.
+
+    The authors' decoder ends in a sigmoid, whose [0, 1] cannot reach the -1 background of their
+    own [-1, 1] inputs; ours ends in tanh.
+    """
 
     def __init__(self, width: float, image_size: int, latent_dim: int):
         super().__init__()
@@ -147,6 +163,7 @@ class VAE(nn.Module):
         self.to_logvar = nn.Linear(hidden, latent_dim)
         self.decoder = nn.Sequential(
             nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, pixels), nn.Tanh(),
         )
@@ -167,20 +184,22 @@ class VAE(nn.Module):
 class VAESVM(nn.Module):
     """A VAE whose latent mean is classified by a linear head trained with the hinge loss.
 
-    The head has one output, a signed margin: positive means class 1.
+    One score per class, each trained one-vs-rest (`hinge_step`); the class is the highest score.
+    The authors' head has the same shape but trains both scores toward the same target, so the
+    comparison between them carries no label information; ours does.
     """
 
     def __init__(self, width: float, image_size: int, latent_dim: int):
         super().__init__()
         self.vae = VAE(width, image_size, latent_dim)
-        self.head = nn.Linear(latent_dim, 1)
+        self.head = nn.Linear(latent_dim, NUM_CLASSES)
 
-    def margin(self, x: Tensor) -> Tensor:
-        return self.head(self.vae.encode(x)[0]).squeeze(1)
+    def scores(self, x: Tensor) -> Tensor:
+        return self.head(self.vae.encode(x)[0])
 
 
 class VAEKMeans(nn.Module):
-    """A VAE whose latent means are clustered; each cluster carries the label most of its training points had.
+    """A VAE whose latent means are clustered; each cluster carries a class label (`ml.train.fit_kmeans`).
 
     Centres and the cluster-to-class map are buffers, so they live in the safetensors file with the weights.
     """
@@ -207,8 +226,10 @@ def build_model(cfg: RunConfig) -> nn.Module:
         return ConvNet(residual=False, width=t.width, image_size=size)
     if cfg.model == "resnet":
         return ConvNet(residual=True, width=t.width, image_size=size)
-    if cfg.model in ("unet", "unet-pretrained"):
+    if cfg.model == "unet":
         return UNet(width=t.width, image_size=size)
+    if cfg.model == "unet-pretrained":
+        return UNet(width=t.width, image_size=size, freeze_encoder=not t.finetune_encoder)
     if cfg.model == "vae-svm":
         return VAESVM(t.width, size, t.latent_dim)
     if cfg.model == "vae-kmeans":
@@ -225,14 +246,15 @@ def predict(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """Per-image outputs for a batch: `class_index` and `probabilities` (N, 2) for every model,
     plus `margin` for VAE + SVM and `cluster` / `distance` for VAE + K-means.
 
-    The SVM's probabilities are the logistic of its margin: a monotone score, not calibrated.
-    K-means gives a hard assignment, so its probabilities are one-hot.
+    The SVM's margin is the second class's score minus the first's, and its probabilities the
+    softmax of its scores (the logistic of the margin): monotone, not calibrated. K-means gives a
+    hard assignment, so its probabilities are one-hot.
     """
     model.eval()
     if isinstance(model, VAESVM):
-        margin = model.margin(x).float()
-        p1 = torch.sigmoid(margin)
-        return {"class_index": (margin > 0).long(), "probabilities": torch.stack([1 - p1, p1], 1), "margin": margin}
+        scores = model.scores(x).float()
+        return {"class_index": scores.argmax(1), "probabilities": torch.softmax(scores, 1),
+                "margin": scores[:, 1] - scores[:, 0]}
     if isinstance(model, VAEKMeans):
         cluster, distance = model.assign(x)
         label = model.cluster_labels[cluster]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ml.config import RunConfig, TrainingConfig
 from ml.data import Dataset, corrupt
-from ml.models import VAE, VAEKMeans, VAESVM, build_model, predict
+from ml.models import NUM_CLASSES, VAE, VAEKMeans, VAESVM, build_model, predict
 
 EpochCallback = Callable[[dict], bool | None]
 BatchCallback = Callable[[int, int], None]
@@ -69,9 +69,10 @@ def vae_step(beta: float) -> Callable:
 
 
 def hinge_step(head: nn.Module, z: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    margin = head(z).squeeze(1)
-    sign = 2.0 * y.float() - 1.0
-    return torch.clamp(1 - sign * margin, min=0).mean(), {}, ((margin > 0).long() == y).sum()
+    """One-vs-rest hinge loss: score c is pushed above +1 for class c and below -1 for the others."""
+    scores = head(z)
+    sign = 2.0 * F.one_hot(y, scores.shape[1]).float() - 1.0
+    return torch.clamp(1 - sign * scores, min=0).mean(), {}, (scores.argmax(1) == y).sum()
 
 
 @torch.no_grad()
@@ -98,8 +99,12 @@ def run_epochs(
     history: list[dict],
     on_epoch: EpochCallback | None,
     on_batch: BatchCallback | None,
+    grad_clip: float = 0.0,
 ) -> bool:
-    """Train `model` for `epochs` epochs; append a metrics record per epoch; return True if asked to stop."""
+    """Train `model` for `epochs` epochs; append a metrics record per epoch; return True if asked to stop.
+
+    `grad_clip` > 0 clips the global gradient norm; the recorded `grad_norm` is the norm before clipping.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.learning_rate)
     generator = torch.Generator(device=device).manual_seed(tc.seed)
@@ -121,7 +126,10 @@ def run_epochs(
                 loss, parts, n_correct = step(model, x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             optimizer.step()
             for key, value in {"loss": loss.detach(), "grad_norm": grad_norm, **parts}.items():
                 sums[key] = sums.get(key, 0) + value.float()
@@ -151,17 +159,32 @@ def latent_means(vae: VAE, x: Tensor, device: torch.device) -> Tensor:
     return torch.cat(chunks)
 
 
+def cluster_labels(clusters: np.ndarray, labels: np.ndarray, n_clusters: int, n_classes: int) -> np.ndarray:
+    """The class each cluster stands for: a one-to-one assignment maximising agreement with the
+    training labels (every class gets a cluster), then the majority label for any extra cluster.
+
+    A majority vote alone can give every cluster the same class: under class imbalance the larger
+    class is the majority in both clusters, and the model then predicts one class for everything.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    votes = np.zeros((n_clusters, n_classes), dtype=np.int64)
+    np.add.at(votes, (clusters, labels), 1)
+    mapping = votes.argmax(1)
+    rows, cols = linear_sum_assignment(votes, maximize=True)
+    mapping[rows] = cols
+    return mapping
+
+
 def fit_kmeans(model: VAEKMeans, z_train: Tensor, y_train: Tensor, seed: int) -> None:
-    """K-means on the training latents; each cluster takes the majority label of its members."""
+    """K-means on the training latents, its clusters labelled by `cluster_labels`."""
     from sklearn.cluster import KMeans
 
     k = model.centres.shape[0]
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(z_train.cpu().numpy())
-    labels = y_train.cpu().numpy()
-    votes = np.zeros((k, 2), dtype=np.int64)
-    np.add.at(votes, (km.labels_, labels), 1)
+    mapping = cluster_labels(km.labels_, y_train.cpu().numpy(), k, NUM_CLASSES)
     model.centres.copy_(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
-    model.cluster_labels.copy_(torch.as_tensor(votes.argmax(1)))
+    model.cluster_labels.copy_(torch.as_tensor(mapping))
 
 
 def load_encoder(unet: nn.Module, resnet_state: dict[str, Tensor]) -> None:
@@ -237,7 +260,7 @@ def train(
 
         result.stopped = run_epochs(
             model.vae, data, vae_loss, tc, device, phase="vae", epochs=tc.epochs,
-            epoch_offset=0, total_epochs=total, evaluate=evaluate_vae, **common,
+            epoch_offset=0, total_epochs=total, evaluate=evaluate_vae, grad_clip=tc.vae_grad_clip, **common,
         )
         if isinstance(model, VAESVM) and not result.stopped:
             z_val = latent_means(model.vae, data.x_val, device)

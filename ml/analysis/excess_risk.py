@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ml.analysis.bayes import BayesClassifier, bayes_risk, empirical_risk
-from ml.config import DatasetConfig, RunConfig, TrainingConfig
+from ml.config import DatasetConfig, PresetName, RunConfig, TrainingConfig
 from ml.data import Dataset, load_dataset
 from ml.models import parameter_count, predict
 from ml.train import train
@@ -31,12 +31,20 @@ def _paper_gaussian() -> DatasetConfig:
 
 
 @dataclass
+class ErrorAnalysisTraining(TrainingConfig):
+    """Training settings whose unset values come from the authors' error-analysis preset (5 epochs
+    at batch 4) rather than their MNIST one."""
+
+    preset: PresetName = "paper-error-analysis"
+
+
+@dataclass
 class ErrorAnalysisConfig:
     """The paper trained on "only a handful" of images (10) and estimated R_n on 1000, 10 times."""
 
     models: list[str] = field(default_factory=lambda: list(ERROR_ANALYSIS_MODELS))
     dataset: DatasetConfig = field(default_factory=_paper_gaussian)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    training: ErrorAnalysisTraining = field(default_factory=ErrorAnalysisTraining)
     n_train: int = 10
     n_eval: int = 1000
     repeats: int = 10

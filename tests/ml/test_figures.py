@@ -34,7 +34,7 @@ C0, C1 = (31, 119, 180), (255, 127, 14)
 
 
 def _config(model: str) -> RunConfig:
-    return RunConfig(model, DatasetConfig(image_size=SIZE), TrainingConfig(epochs=1, width=WIDTH, head_epochs=3))
+    return RunConfig(model, DatasetConfig(image_size=SIZE), TrainingConfig(epochs=1, batch_size=128, width=WIDTH, head_epochs=3))
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def test_vae_classifiers_reach_97_percent(trained, name):
 
 def test_svm_head_and_kmeans_state(trained, mnist32):
     svm = trained["vae-svm"]
-    assert [r["phase"] for r in svm.history].count("head") == TrainingConfig().head_epochs
+    assert [r["phase"] for r in svm.history].count("head") == SMALL["epochs"]  # head epochs default to epochs
     out = predict(svm.model, mnist32.x_val[:64])
     assert torch.equal(out["class_index"], (out["margin"] > 0).long())
 

@@ -19,7 +19,7 @@ def small_train_job(model: str, epochs: int = 2, **training: Any) -> dict:
         "kind": "train",
         "model": model,
         "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
-        "training": {"epochs": epochs, "width": 0.125, **training},
+        "training": {"epochs": epochs, "width": 0.125, "batch_size": 128, **training},
     }
 
 
