@@ -10,23 +10,31 @@ import subprocess
 import sys
 import time
 
-from ml.config import MODEL_NAMES, DatasetConfig, RunConfig, TrainingConfig
+from ml.config import CONDITIONS, MODEL_NAMES, PRESETS, DatasetConfig, RunConfig, TrainingConfig
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags that describe a training run (shared by `train` and `submit`)."""
+    """Flags that describe a training run (shared by `train` and `submit`). Optimisation flags left
+    out take the preset's value."""
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
     p.add_argument("--dataset", default="mnist", choices=["mnist", "gaussian"])
     p.add_argument("--digits", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
-    p.add_argument("--condition", default="vanilla", choices=["vanilla", "imbalance", "noisy"])
+    p.add_argument("--condition", default="vanilla", choices=CONDITIONS)
     p.add_argument("--imbalance", type=float, default=0.9, help="fraction of class 1 in training (imbalance)")
+    p.add_argument("--noisy-imbalance", type=float, default=0.6,
+                   help="fraction of class 1 in training under noisy, as the authors ran it; 0 for none")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--preset", default="paper", choices=list(PRESETS), help="where unset optimisation flags come from")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--head-epochs", type=int, default=None, help="the SVM head's epochs (default: --epochs)")
+    p.add_argument("--vae-grad-clip", type=float, default=None, help="VAE gradient-norm clip; 0 for none")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier; 1 is the paper's size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="resnet to start a unet-pretrained encoder from")
+    p.add_argument("--finetune-encoder", action="store_true",
+                   help="unet-pretrained: train the resnet encoder too (the authors froze it)")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -34,11 +42,13 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         return RunConfig(
             model=args.model,
             dataset=DatasetConfig(
-                name=args.dataset, digits=args.digits, image_size=args.image_size,
-                condition=args.condition, imbalance=args.imbalance, seed=args.seed,
+                name=args.dataset, digits=args.digits, image_size=args.image_size, condition=args.condition,
+                imbalance=args.imbalance, noisy_imbalance=args.noisy_imbalance or None, seed=args.seed,
             ),
             training=TrainingConfig(
-                epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, width=args.width,
+                preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                head_epochs=args.head_epochs, vae_grad_clip=args.vae_grad_clip, seed=args.seed, width=args.width,
+                finetune_encoder=args.finetune_encoder,
             ),
             init_from=args.init_from,
         )
@@ -239,6 +249,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(json.dumps(_call(client, "POST", f"/v1/models/{args.model_id}/predict", files=files), indent=2))
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """A model directory is scored here; anything else is a model id of the service."""
+    from pathlib import Path
+
+    if not Path(args.model).is_dir():
+        with _client(args) as client:
+            report = _call(client, "GET", f"/v1/models/{args.model}/reports/evaluation",
+                           params={"condition": args.condition})
+        print(json.dumps(report, indent=2))
+        return
+
+    from ml import artifacts
+    from ml.data import MissingDataError, load_dataset
+    from ml.evaluation import condition_config, evaluate
+    from service.settings import get_settings
+
+    settings = get_settings()
+    try:
+        loaded = artifacts.load(args.model, args.device or settings.device)
+        data = load_dataset(condition_config(loaded.config.dataset, args.condition), settings.mnist_dir,
+                            settings.download)
+    except (artifacts.ArtifactError, MissingDataError) as exc:
+        sys.exit(f"classcomp: {exc}")
+    report = {"model": args.model, "trained_condition": loaded.config.dataset.condition,
+              "condition": args.condition, **evaluate(loaded.model, data)}
+    print(json.dumps(report, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="classcomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -248,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", required=True, help="artifact directory to create")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and confusion matrix of a model on another condition's "
+                       "validation images")
+    p.add_argument("model", help="a model directory (from `train --out`), or the id of a model of the service")
+    p.add_argument("--condition", required=True, choices=CONDITIONS)
+    p.add_argument("--device", default=None, help="cuda or cpu, for a model directory (default: cuda when available)")
+    p.add_argument("--url", default=None, help="the service, for a model id (default: CLASSCOMP_URL or "
+                   "http://127.0.0.1:8000)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("models", help="list the models with their parameter counts")
     p.add_argument("--width", type=float, default=1.0)

@@ -1,29 +1,35 @@
-"""Analysis reports: the sliced-Wasserstein report of a VAE and the Bayes risk of two Gaussians.
+"""Analysis reports: a VAE's sliced-Wasserstein report, any model's evaluation under another condition,
+and the Bayes risk of two Gaussians.
 
-Both are blocking numerical work, so the routes are plain `def`s that FastAPI runs in its
-threadpool. The Wasserstein report of a model never changes, so it is computed once per
-(projections, seed, normalisation) and served from the model's artifact directory afterwards.
+All are blocking numerical work, so the routes are plain `def`s that FastAPI runs in its
+threadpool. A model's reports never change, so each is computed once per set of parameters and
+served from the model's artifact directory afterwards.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
 from torch import Tensor
 
 from ml.analysis.bayes import BayesClassifier, GaussianClass, bayes_risk
 from ml.analysis.wasserstein import sliced_wasserstein
+from ml.config import Condition
+from ml.evaluation import condition_config, evaluate
 from service import derived, inference
 from service.api.deps import ModelCacheDep, SessionDep, SettingsDep, get_model_or_404
 from service.datasets import validation_data
 from service.errors import ApiError
 from service.schemas import (
     ERROR_RESPONSES,
-    PAPER_WASSERSTEIN,
+    WASSERSTEIN_REFERENCES,
+    EvaluationReport,
     BayesRiskRequest,
     BayesRiskResponse,
     WassersteinReport,
@@ -36,6 +42,16 @@ MAX_PROJECTIONS = 5000
 RECONSTRUCT_BATCH = 1024
 DEFAULT_MONTE_CARLO_SAMPLES = 200_000
 MIN_MONTE_CARLO_SAMPLES = 100
+
+
+def cached_report(model_id: str, filename: str, schema: type[BaseModel], compute: Callable[[], dict]) -> Response:
+    """The report in the model's artifacts, or `compute`d, validated against `schema` and stored there."""
+    cached = derived.read(model_id, "reports", filename)
+    if cached is not None:
+        return Response(cached, media_type="application/json", headers={"X-Cache": "hit"})
+    body = schema.model_validate(compute()).model_dump_json().encode()
+    derived.write(model_id, "reports", filename, body)
+    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
 
 
 # Sliced Wasserstein
@@ -70,7 +86,7 @@ def wasserstein_report(loaded, model_id: str, projections: int, seed: int, norma
         "split": "validation",
         "classes": classes,
         "reference": {"labels": list(data.classes), "wasserstein": reference.mean, "std_error": reference.std_error},
-        "paper": PAPER_WASSERSTEIN,
+        "published": WASSERSTEIN_REFERENCES,
     }
 
 
@@ -94,14 +110,42 @@ def get_wasserstein_report(
     normalize: Annotated[bool, Query(description="the paper's per-image min-max scaling to [0, 1] first")] = True,
 ) -> Response:
     get_model_or_404(session, model_id)
-    filename = f"wasserstein-{projections}-{seed}{'' if normalize else '-raw'}.json"
-    cached = derived.read(model_id, "reports", filename)
-    if cached is not None:
-        return Response(cached, media_type="application/json", headers={"X-Cache": "hit"})
-    report = wasserstein_report(cache.get(model_id), model_id, projections, seed, normalize)
-    body = WassersteinReport.model_validate(report).model_dump_json().encode()
-    derived.write(model_id, "reports", filename, body)
-    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+    return cached_report(
+        model_id, f"wasserstein-{projections}-{seed}{'' if normalize else '-raw'}.json", WassersteinReport,
+        lambda: wasserstein_report(cache.get(model_id), model_id, projections, seed, normalize),
+    )
+
+
+# Evaluation under another condition
+
+
+@router.get(
+    "/v1/models/{model_id}/reports/evaluation",
+    response_model=EvaluationReport,
+    summary="Accuracy and confusion matrix on the validation images of another condition",
+    description=(
+        "The model scored on the validation split of its own digits, image size and seed under `condition`: "
+        "`noisy` for a model trained on clean images is the paper's bracketed Table 1 value (trained clean, "
+        "tested noisy). The noisy images are the same, corrupted with the same seed, as those a model trained "
+        "under noisy was scored on; `imbalance` changes only training data, so it tests on clean images. "
+        "Computed once per condition, then served from the model's artifacts (header `X-Cache: hit`)."
+    ),
+)
+def get_evaluation_report(
+    model_id: str,
+    session: SessionDep,
+    cache: ModelCacheDep,
+    condition: Annotated[Condition, Query(description="the condition of the test images")],
+) -> Response:
+    get_model_or_404(session, model_id)
+
+    def report() -> dict:
+        loaded = cache.get(model_id)
+        data = validation_data(condition_config(loaded.config.dataset, condition))
+        return {"model_id": model_id, "trained_condition": loaded.config.dataset.condition, "condition": condition,
+                **evaluate(loaded.model, data)}
+
+    return cached_report(model_id, f"evaluation-{condition}.json", EvaluationReport, report)
 
 
 # Bayes risk

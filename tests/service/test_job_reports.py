@@ -29,9 +29,9 @@ ERROR_ANALYSIS = {
 EXPERIMENT = {
     "kind": "experiment",
     "models": ["resnet", "unet-pretrained"],
-    "conditions": ["vanilla", "imbalance"],
+    "conditions": ["vanilla", "noisy"],
     "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
-    "training": {"epochs": 1, "width": 0.03125},
+    "training": {"epochs": 1, "width": 0.03125, "batch_size": 128},
 }
 
 
@@ -203,7 +203,7 @@ def test_experiment_registers_every_cell(client, experiment):
     assert len(experiment["model_ids"]) == 4
     assert experiment["progress"] == {"epoch": 4, "epochs": 4}
     assert [(r["model"], r["condition"], r["cell_epoch"]) for r in experiment["metrics"]] == [
-        ("resnet", "vanilla", 1), ("unet-pretrained", "vanilla", 1), ("resnet", "imbalance", 1), ("unet-pretrained", "imbalance", 1)]
+        ("resnet", "vanilla", 1), ("unet-pretrained", "vanilla", 1), ("resnet", "noisy", 1), ("unet-pretrained", "noisy", 1)]
     models = {model_id: client.get(f"/v1/models/{model_id}").json() for model_id in experiment["model_ids"]}
     by_cell = {(m["model"], m["config"]["dataset"]["condition"]): m for m in models.values()}
     assert set(by_cell) == {(m, c) for m in EXPERIMENT["models"] for c in EXPERIMENT["conditions"]}
@@ -219,7 +219,7 @@ def test_experiment_report_rows(client, experiment):
     report = client.get(f"/v1/jobs/{experiment['id']}/report").json()
     rows = report["rows"]
     assert [(r["model"], r["condition"]) for r in rows] == [
-        ("resnet", "vanilla"), ("unet-pretrained", "vanilla"), ("resnet", "imbalance"), ("unet-pretrained", "imbalance")]
+        ("resnet", "vanilla"), ("unet-pretrained", "vanilla"), ("resnet", "noisy"), ("unet-pretrained", "noisy")]
     assert [r["model_id"] for r in rows] == experiment["model_ids"]
     for row in rows:
         model = client.get(f"/v1/models/{row['model_id']}").json()
@@ -228,6 +228,11 @@ def test_experiment_report_rows(client, experiment):
         assert row["val_accuracy"] == pytest.approx(model["final_metrics"]["val_accuracy"])
         if row["condition"] == "vanilla":
             assert row["val_accuracy"] >= 0.95, row
+            # The bracketed Table 1 value (trained clean, tested noisy) is what the API's evaluation gives.
+            tested = client.get(f"/v1/models/{row['model_id']}/reports/evaluation", params={"condition": "noisy"})
+            assert row["noisy_val_accuracy"] == pytest.approx(tested.json()["accuracy"]), row
+        else:
+            assert "noisy_val_accuracy" not in row
 
 
 def test_experiment_report_as_markdown_and_no_png(client, experiment):
@@ -236,6 +241,10 @@ def test_experiment_report_as_markdown_and_no_png(client, experiment):
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/markdown")
     text = response.text
     assert "### Validation accuracy (%)" in text and "### Training time (seconds)" in text
-    assert "| model | vanilla | imbalance |" in text
+    assert "| model | vanilla | noisy |" in text
+    rows = {r["model"]: r for r in client.get(url).json()["rows"] if r["condition"] == "noisy"}
+    brackets = {r["model"]: r["noisy_val_accuracy"] for r in client.get(url).json()["rows"] if r["condition"] == "vanilla"}
+    for model in ("resnet", "unet-pretrained"):
+        assert f"{100 * rows[model]['val_accuracy']:.2f} ({100 * brackets[model]:.2f}) |" in text
     assert text.count("| resnet |") == 2 and text.count("| unet-pretrained |") == 2
     assert_error(client.get(url, params={"format": "png"}), 409, "no_plot", "experiment")

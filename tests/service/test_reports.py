@@ -54,7 +54,9 @@ def test_wasserstein_report_has_both_classes_and_the_reference(report, vae_id):
     assert [c["label"] for c in report["classes"]] == [0, 1]
     assert [c["n_images"] for c in report["classes"]] == [980, 1135]  # MNIST's test 0s and 1s
     assert report["reference"]["labels"] == [0, 1]
-    assert report["paper"] == {"0": 0.065, "1": 0.0395, "reference": 0.152}
+    published = report["published"]
+    assert published["paper"] == {"0": 0.065, "1": 0.0395, "reference": 0.152}
+    assert published["authors_code"]["reference"] == 0.2307 and "not what the authors' code" in published["note"]
     for entry in [*report["classes"], report["reference"]]:
         assert entry["wasserstein"] > 0 and 0 < entry["std_error"] < entry["wasserstein"]
     assert all(report["reference"]["wasserstein"] > c["wasserstein"] for c in report["classes"])
