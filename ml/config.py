@@ -12,15 +12,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ModelName = Literal["vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans"]
+ModelName = Literal[
+    "vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans", "conv-vae-svm", "conv-vae-kmeans"
+]
 DatasetName = Literal["mnist", "gaussian"]
 Condition = Literal["vanilla", "imbalance", "noisy"]
 CONDITIONS: tuple[str, ...] = Condition.__args__
 PresetName = Literal["paper", "paper-error-analysis"]
 
 MODEL_NAMES: tuple[str, ...] = ModelName.__args__
-CNN_MODELS = ("vgg", "resnet", "unet", "unet-pretrained")
-VAE_MODELS = ("vae-svm", "vae-kmeans")
+PAPER_MODELS = MODEL_NAMES[:6]  # the paper's; the convolutional VAEs go beyond it
+SVM_MODELS = ("vae-svm", "conv-vae-svm")  # trained in two phases: the VAE, then the hinge head
 
 
 @dataclass

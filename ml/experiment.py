@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ml.config import CONDITIONS, MODEL_NAMES, DatasetConfig, RunConfig, TrainingConfig
+from ml.config import CONDITIONS, MODEL_NAMES, PAPER_MODELS, DatasetConfig, RunConfig, TrainingConfig
 from ml.train import epochs_of
 
 
 @dataclass
 class ExperimentConfig:
-    models: list[str] = field(default_factory=lambda: list(MODEL_NAMES))
+    models: list[str] = field(default_factory=lambda: list(PAPER_MODELS))
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

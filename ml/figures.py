@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits  # scikit-learn's own dependency for
 from torch import Tensor, nn
 
 from ml.data import Dataset
-from ml.models import VAE, VAEKMeans, vae_of
+from ml.models import VAEBase, VAEKMeans, vae_of
 
 FIGURES = ("training-curves", "kernels", "feature-maps", "latent-tsne", "latent-classifiers", "reconstructions")
 DPI = 100
@@ -152,7 +152,8 @@ def _convs(module: nn.Module) -> list[nn.Conv2d]:
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
     if not convs:
         raise FigureNotApplicable(
-            f"{type(module).__name__} has no convolution layers: kernels and feature maps exist only for the CNNs"
+            f"{type(module).__name__} has no convolution layers: kernels and feature maps exist only for the CNNs "
+            "and the convolutional VAEs"
         )
     return convs
 
@@ -196,10 +197,12 @@ def feature_maps(model: nn.Module, image: Tensor) -> bytes:
     """The input image and up to MAX_CHANNELS feature maps of the encoder's first and last
     convolution: contours come out of the first, abstract features out of the last (figures 5-6).
 
-    For a UNet the last convolution is that of the encoder (`stages`), not of the decoder.
+    For a UNet the last convolution is that of the encoder (`stages`), not of the decoder; for a
+    convolutional VAE, that of its encoder (its decoder's are transposed convolutions).
     """
-    convs = _convs(getattr(model, "stages", model))
-    outputs = _conv_outputs(model, image, [convs[0], convs[-1]])
+    network = getattr(model, "vae", model)
+    convs = _convs(getattr(network, "stages", network))
+    outputs = _conv_outputs(network, image, [convs[0], convs[-1]])
     fig = Figure(figsize=(11.0, 4.6), layout="constrained")
     left, *rights = fig.subfigures(1, 3, width_ratios=[1.0, 2.0, 2.0])
     _image_grid(left, _numpy(image)[0], "input", cmap="gray", vmin=-1.0, vmax=1.0)
@@ -324,7 +327,7 @@ def reconstructions(originals: ArrayOrTensor, recon: ArrayOrTensor) -> bytes:
 # Dispatch by name, for the API
 
 
-def _vae(model: nn.Module) -> VAE:
+def _vae(model: nn.Module) -> VAEBase:
     try:
         return vae_of(model)
     except ValueError as exc:
@@ -341,12 +344,14 @@ def _balanced_indices(y: Tensor, per_class: int) -> Tensor:
 def _classifier_parts(
     model: nn.Module, x: Tensor, classes: Sequence[int]
 ) -> tuple[list[str] | None, Tensor | None, float | None]:
-    """K-means labels as 'digit (cluster k)', so colours match the true-label plot; or the SVM's w and b."""
+    """K-means labels as 'digit (cluster k)', so colours match the true-label plot; or the SVM's w and b,
+    the hyperplane where its two class scores are equal."""
     if isinstance(model, VAEKMeans):
         cluster, _ = model.assign(x)
         digits = np.asarray(classes)[model.cluster_labels[cluster].cpu().numpy()]
         return [f"{d} (cluster {c})" for d, c in zip(digits, cluster.tolist())], None, None
-    return None, model.head.weight[0], model.head.bias[0].item()
+    w, b = model.head.weight, model.head.bias
+    return None, w[1] - w[0], (b[1] - b[0]).item()
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ STAGE_CHANNELS = (64, 128, 256, 512, 512)
 FC_WIDTH = 4096
 BOTTLENECK_CHANNELS = 1024
 VAE_HIDDEN = 1024
+CONV_VAE_CHANNELS = (32, 64, 128)
 NUM_CLASSES = 2
 
 
@@ -145,7 +146,23 @@ class UNet(nn.Module):
         return self.classifier(x.mean(dim=(2, 3)))
 
 
-class VAE(nn.Module):
+class VAEBase(nn.Module):
+    """What every VAE here shares: `encode` to (mu, log-variance), `decode` to [-1, 1] pixels, and a
+    forward pass that samples the latent while training and takes its mean otherwise.
+
+    `denoising`: whether, under the noisy condition, training asks it to reconstruct the clean
+    image from the corrupted one rather than the corrupted image itself.
+    """
+
+    denoising = False
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
+        return self.decode(z), mu, logvar
+
+
+class VAE(VAEBase):
     """MLP VAE: two hidden layers to (mu, log-variance), three hidden layers back to [-1, 1] pixels.
 
     The authors' decoder ends in a sigmoid, whose [0, 1] cannot reach the -1 background of their
@@ -175,10 +192,49 @@ class VAE(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z).view(-1, 1, self.image_size, self.image_size)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        return self.decode(z), mu, logvar
+
+class ConvVAE(VAEBase):
+    """Convolutional VAE (beyond the paper): three stride-2 4x4 convolutions with BN + ReLU to
+    (mu, log-variance), a linear map back to the last feature map, three transpose convolutions up
+    to tanh pixels.
+
+    The paper's MLP VAE fails on noisy images because reconstructing them rewards encoding the
+    corruptions (lifted backgrounds, grey boxes and borders carry more pixel energy than the
+    digit), so its 8 latent dimensions hold the noise and K-means splits on it. This one is a
+    denoising VAE: trained on corrupted images to reconstruct the clean ones, its latent keeps what
+    the clean digit needs, with no labels involved. Convolutions give it the translation
+    equivariance the corrupted poses call for.
+    """
+
+    DOWNSAMPLING = 2 ** len(CONV_VAE_CHANNELS)
+    denoising = True
+
+    def __init__(self, width: float, image_size: int, latent_dim: int):
+        super().__init__()
+        channels = [scaled(c, width) for c in CONV_VAE_CHANNELS]
+        self.image_size, self.final_size = image_size, image_size // self.DOWNSAMPLING
+        down, c_in = [], 1
+        for c in channels:
+            down += [nn.Conv2d(c_in, c, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            c_in = c
+        self.encoder = nn.Sequential(*down, nn.Flatten())
+        flat = channels[-1] * self.final_size**2
+        self.to_mu = nn.Linear(flat, latent_dim)
+        self.to_logvar = nn.Linear(flat, latent_dim)
+        self.from_latent = nn.Sequential(nn.Linear(latent_dim, flat), nn.ReLU(inplace=True))
+        up = []
+        for c_in, c_out in zip(channels[::-1], channels[-2::-1]):
+            up += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True)]
+        self.decoder = nn.Sequential(*up, nn.ConvTranspose2d(channels[0], 1, 4, stride=2, padding=1), nn.Tanh())
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
+        return self.to_mu(h), self.to_logvar(h)
+
+    def decode(self, z: Tensor) -> Tensor:
+        h = self.from_latent(z).view(len(z), -1, self.final_size, self.final_size)
+        return self.decoder(h)
 
 
 class VAESVM(nn.Module):
@@ -189,9 +245,9 @@ class VAESVM(nn.Module):
     comparison between them carries no label information; ours does.
     """
 
-    def __init__(self, width: float, image_size: int, latent_dim: int):
+    def __init__(self, vae: nn.Module, latent_dim: int):
         super().__init__()
-        self.vae = VAE(width, image_size, latent_dim)
+        self.vae = vae
         self.head = nn.Linear(latent_dim, NUM_CLASSES)
 
     def scores(self, x: Tensor) -> Tensor:
@@ -204,9 +260,9 @@ class VAEKMeans(nn.Module):
     Centres and the cluster-to-class map are buffers, so they live in the safetensors file with the weights.
     """
 
-    def __init__(self, width: float, image_size: int, latent_dim: int, n_clusters: int):
+    def __init__(self, vae: nn.Module, latent_dim: int, n_clusters: int):
         super().__init__()
-        self.vae = VAE(width, image_size, latent_dim)
+        self.vae = vae
         self.register_buffer("centres", torch.zeros(n_clusters, latent_dim))
         self.register_buffer("cluster_labels", torch.zeros(n_clusters, dtype=torch.long))
 
@@ -230,10 +286,13 @@ def build_model(cfg: RunConfig) -> nn.Module:
         return UNet(width=t.width, image_size=size)
     if cfg.model == "unet-pretrained":
         return UNet(width=t.width, image_size=size, freeze_encoder=not t.finetune_encoder)
-    if cfg.model == "vae-svm":
-        return VAESVM(t.width, size, t.latent_dim)
-    if cfg.model == "vae-kmeans":
-        return VAEKMeans(t.width, size, t.latent_dim, t.n_clusters)
+    vae = ConvVAE if cfg.model.startswith("conv-") else VAE
+    if vae is ConvVAE and size % ConvVAE.DOWNSAMPLING:
+        raise ValueError(f"image_size must be a multiple of {ConvVAE.DOWNSAMPLING} for {cfg.model}, got {size}")
+    if cfg.model in ("vae-svm", "conv-vae-svm"):
+        return VAESVM(vae(t.width, size, t.latent_dim), t.latent_dim)
+    if cfg.model in ("vae-kmeans", "conv-vae-kmeans"):
+        return VAEKMeans(vae(t.width, size, t.latent_dim), t.latent_dim, t.n_clusters)
     raise ValueError(f"unknown model {cfg.model!r}")
 
 
@@ -264,7 +323,7 @@ def predict(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return {"class_index": probs.argmax(1), "probabilities": probs}
 
 
-def vae_of(model: nn.Module) -> VAE:
+def vae_of(model: nn.Module) -> VAEBase:
     """The VAE inside a VAE classifier; a ValueError for a CNN, which has none."""
     if isinstance(model, (VAESVM, VAEKMeans)):
         return model.vae

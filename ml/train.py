@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml.config import RunConfig, TrainingConfig
+from ml.config import SVM_MODELS, RunConfig, TrainingConfig
 from ml.data import Dataset, corrupt
-from ml.models import NUM_CLASSES, VAE, VAEKMeans, VAESVM, build_model, predict
+from ml.models import NUM_CLASSES, VAEBase, VAEKMeans, VAESVM, build_model, predict
 
 EpochCallback = Callable[[dict], bool | None]
 BatchCallback = Callable[[int, int], None]
@@ -38,7 +38,7 @@ class TrainResult:
 def epochs_of(model: str, training: TrainingConfig) -> int:
     """How many epoch records (`on_epoch` calls) training `model` emits: a VAE + SVM adds its
     head's epochs to the VAE's."""
-    return training.epochs + (training.head_epochs if model == "vae-svm" else 0)
+    return training.epochs + (training.head_epochs if model in SVM_MODELS else 0)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -51,24 +51,32 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def cross_entropy_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+# A step gets the batch as the model sees it, its labels, and the same batch before the noisy
+# condition's corruption (the target of a denoising VAE); it returns the loss, the loss's parts and
+# the number of correct predictions (None where there are none).
+
+
+def cross_entropy_step(
+    model: nn.Module, x: Tensor, y: Tensor, _clean: Tensor
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     logits = model(x)
     return F.cross_entropy(logits.float(), y), {}, (logits.argmax(1) == y).sum()
 
 
 def vae_step(beta: float) -> Callable:
-    def step(vae: nn.Module, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, Tensor], None]:
+    def step(vae: VAEBase, x: Tensor, y: Tensor | None, clean: Tensor) -> tuple[Tensor, dict[str, Tensor], None]:
         recon, mu, logvar = vae(x)
+        target = clean if vae.denoising else x
         # Summed over pixels and latent dims, averaged over images: with a per-pixel mean the
         # beta-weighted KL would dominate and collapse the latent space that the classifiers use.
-        recon_loss = F.mse_loss(recon.float(), x.float(), reduction="sum") / len(x)
+        recon_loss = F.mse_loss(recon.float(), target.float(), reduction="sum") / len(x)
         kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()).float() / len(x)
         return recon_loss + beta * kl, {"recon_loss": recon_loss.detach(), "kl_loss": kl.detach()}, None
 
     return step
 
 
-def hinge_step(head: nn.Module, z: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+def hinge_step(head: nn.Module, z: Tensor, y: Tensor, _clean: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
     """One-vs-rest hinge loss: score c is pushed above +1 for class c and below -1 for the others."""
     scores = head(z)
     sign = 2.0 * F.one_hot(y, scores.shape[1]).float() - 1.0
@@ -119,11 +127,10 @@ def run_epochs(
         order = torch.randperm(n, generator=generator, device=device)
         for i in range(n_steps):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            x, y = data.x_train[idx], data.y_train[idx]
-            if data.noisy:
-                x = corrupt(x, generator)
+            clean, y = data.x_train[idx], data.y_train[idx]
+            x = corrupt(clean, generator) if data.noisy else clean
             with _autocast(device):
-                loss, parts, n_correct = step(model, x, y)
+                loss, parts, n_correct = step(model, x, y, clean)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip > 0:
@@ -150,7 +157,7 @@ def run_epochs(
 
 
 @torch.no_grad()
-def latent_means(vae: VAE, x: Tensor, device: torch.device) -> Tensor:
+def latent_means(vae: VAEBase, x: Tensor, device: torch.device) -> Tensor:
     vae.eval()
     chunks = []
     for start in range(0, len(x), EVAL_BATCH):
@@ -250,7 +257,8 @@ def train(
             total = torch.zeros((), device=device)
             for start in range(0, len(data.x_val), EVAL_BATCH):
                 batch = data.x_val[start : start + EVAL_BATCH]
-                total += vae_loss(model.vae, batch, None)[0] * len(batch)
+                # Only corrupted validation images exist: a denoising VAE is scored against them too.
+                total += vae_loss(model.vae, batch, None, batch)[0] * len(batch)
             metrics = {"val_loss": total.item() / len(data.x_val)}
             if isinstance(model, VAEKMeans):
                 fit_kmeans(model, latent_means(model.vae, x_train, device), data.y_train, tc.seed)

@@ -138,7 +138,8 @@ def vae(loaded: LoadedModel) -> torch.nn.Module:
     try:
         return vae_of(loaded.model)
     except ValueError as exc:
-        raise ApiError(409, "not_a_vae", f"{exc}; only vae-svm and vae-kmeans models have one") from exc
+        raise ApiError(409, "not_a_vae",
+                       f"{exc}; only the VAE models (vae-svm, vae-kmeans, conv-vae-svm, conv-vae-kmeans) have one") from exc
 
 
 @torch.inference_mode()

@@ -79,6 +79,15 @@ JOB_EXAMPLES = {
             "training": {"epochs": 10},
         },
     },
+    "conv-vae-kmeans": {
+        "summary": "beyond the paper: a convolutional, denoising VAE + K-means on the noisy condition",
+        "value": {
+            "kind": "train",
+            "model": "conv-vae-kmeans",
+            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32, "condition": "noisy"},
+            "training": {"epochs": 4, "batch_size": 32, "width": 0.25},
+        },
+    },
     "unet-pretrained": {
         "summary": "a UNet whose encoder starts from a trained resnet",
         "value": {

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ml.analysis.bayes import BayesClassifier, bayes_risk, empirical_risk
-from ml.config import DatasetConfig, PresetName, RunConfig, TrainingConfig
+from ml.config import MODEL_NAMES, PAPER_MODELS, DatasetConfig, PresetName, RunConfig, TrainingConfig
 from ml.data import Dataset, load_dataset
 from ml.models import parameter_count, predict
 from ml.train import train
 
-ERROR_ANALYSIS_MODELS = ("vgg", "resnet", "unet", "vae-svm", "vae-kmeans")
+# unet-pretrained needs a trained resnet, which the decomposition does not make.
+ERROR_ANALYSIS_MODELS = tuple(m for m in MODEL_NAMES if m != "unet-pretrained")
 
 
 def _paper_gaussian() -> DatasetConfig:
@@ -42,7 +43,7 @@ class ErrorAnalysisTraining(TrainingConfig):
 class ErrorAnalysisConfig:
     """The paper trained on "only a handful" of images (10) and estimated R_n on 1000, 10 times."""
 
-    models: list[str] = field(default_factory=lambda: list(ERROR_ANALYSIS_MODELS))
+    models: list[str] = field(default_factory=lambda: [m for m in PAPER_MODELS if m in ERROR_ANALYSIS_MODELS])
     dataset: DatasetConfig = field(default_factory=_paper_gaussian)
     training: ErrorAnalysisTraining = field(default_factory=ErrorAnalysisTraining)
     n_train: int = 10

@@ -28,7 +28,9 @@ from ml.train import TrainResult, train
 SIZE, WIDTH = 32, 0.125
 CNN_FIGURES = {"training-curves", "kernels", "feature-maps"}
 VAE_FIGURES = {"training-curves", "latent-tsne", "latent-classifiers", "reconstructions"}
-APPLICABLE = {"vgg": CNN_FIGURES, "vae-svm": VAE_FIGURES, "vae-kmeans": VAE_FIGURES}
+# A convolutional VAE has both kinds: kernels and feature maps of its encoder, and a latent space.
+APPLICABLE = {"vgg": CNN_FIGURES, "vae-svm": VAE_FIGURES, "vae-kmeans": VAE_FIGURES,
+              "conv-vae-svm": CNN_FIGURES | VAE_FIGURES, "conv-vae-kmeans": CNN_FIGURES | VAE_FIGURES}
 # Matplotlib's first two cycle colours, which _scatter_by_label gives the first two sorted labels.
 C0, C1 = (31, 119, 180), (255, 127, 14)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ml.analysis.excess_risk import ErrorAnalysisConfig
-from ml.config import MODEL_NAMES, DatasetConfig, RunConfig, TrainingConfig
+from ml.config import PAPER_MODELS, DatasetConfig, RunConfig, TrainingConfig
 from ml.data import load_dataset
 from ml.models import build_model, parameter_count
 from ml.train import cluster_labels, train
@@ -32,7 +32,7 @@ def conv_biases_we_leave_out(model: nn.Module) -> int:
     return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.bias is None)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", PAPER_MODELS)
 def test_parameter_counts_at_the_paper_preset_are_the_authors(name):
     cfg = RunConfig(name, DatasetConfig(image_size=64), TrainingConfig(width=1.0),
                     init_from="resnet" if name == "unet-pretrained" else None)
@@ -107,3 +107,20 @@ def test_a_frozen_encoder_stays_in_eval_mode_while_training():
                                  init_from="resnet")).train()
     assert not unet.stages.training and unet.ups.training
     assert not any(p.requires_grad for p in unet.stages.parameters())
+
+
+NOISY32 = DatasetConfig(image_size=32, condition="noisy")
+
+
+def test_the_paper_finding_and_the_conv_vae_beyond_it(data_dir, mnist32):
+    """Under the authors' noisy condition the MLP VAE + K-means collapses towards chance (the paper's
+    50.49%) while it reads clean digits; the denoising convolutional VAE + K-means keeps the digits
+    apart. Measured at this size: MLP about 0.54 noisy against 0.99 clean, conv about 0.76."""
+    training = TrainingConfig(epochs=2, batch_size=128, width=0.25)
+    noisy = load_dataset(NOISY32, data_dir)
+    mlp = train(RunConfig("vae-kmeans", NOISY32, training), noisy, device="cpu")
+    clean = train(RunConfig("vae-kmeans", DatasetConfig(image_size=32), training), mnist32, device="cpu")
+    conv = train(RunConfig("conv-vae-kmeans", NOISY32, training), noisy, device="cpu")
+    mlp_noisy, mlp_clean, conv_noisy = (r.final["val_accuracy"] for r in (mlp, clean, conv))
+    assert mlp_clean > 0.97 and mlp_noisy < 0.65, (mlp_noisy, mlp_clean)
+    assert conv_noisy > 0.7 and conv_noisy > mlp_noisy + 0.1, (conv_noisy, mlp_noisy)

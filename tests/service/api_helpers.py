@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -70,3 +71,8 @@ def assert_error(response: httpx.Response, status: int, code: str, *in_message: 
     for fragment in in_message:
         assert fragment in body["error"]["message"], body
     return body["error"]["message"]
+
+
+def files_of(paths: list[Path]) -> list:
+    """PNG files as a multipart upload."""
+    return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]

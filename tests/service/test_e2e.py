@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from api_helpers import TINY_GAUSSIAN, small_train_job, submit, wait_finished
+from api_helpers import TINY_GAUSSIAN, files_of, small_train_job, submit, wait_finished
 from PIL import Image
 from safetensors.torch import load as load_safetensors
 
@@ -39,10 +39,6 @@ def jobs(client) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def model_ids(jobs) -> dict[str, str]:
     return {name: job["model_ids"][0] for name, job in jobs.items()}
-
-
-def files_of(paths) -> list:
-    return [("files", (p.name, p.read_bytes(), "image/png")) for p in paths]
 
 
 def test_jobs_succeed_with_progress_and_metrics(jobs):
