@@ -53,7 +53,7 @@ def main() -> None:
           f"training {json.dumps(grid.training.__dict__)}", flush=True)
     resnets, rows, started = {}, [], time.perf_counter()
     for model, condition in grid.cells():
-        cfg = grid.run_config(model, condition)
+        cfg = grid.run_config(model, condition, init_from="resnet" if model == "unet-pretrained" else None)
         data = load_dataset(cfg.dataset, args.data_dir)
         result = train(cfg, data, device=device, init_state=resnets.get(condition) if model == "unet-pretrained" else None)
         if model == "resnet":
