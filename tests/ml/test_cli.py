@@ -54,8 +54,10 @@ def test_bad_flag_value_is_a_clear_error(tmp_path):
 def test_models_lists_paper_sizes():
     done = classcomp("models")
     counts = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in done.stdout.splitlines()}
-    assert set(counts) == {"vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans"}
+    assert set(counts) == {"vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans", "conv-vae-svm",
+                           "conv-vae-kmeans"}
     # VGG-19 convolutions (20.0M at one input channel) plus the 4096-wide head on 512x2x2 features.
     assert counts["vgg"] == 45_210_946
     # The authors' UNet (one-conv bottleneck and decoder blocks) is smaller than their ResNet.
     assert counts["resnet"] > counts["vgg"] > counts["unet"] == counts["unet-pretrained"] > counts["vae-svm"]
+    assert counts["vae-svm"] > counts["conv-vae-svm"] > 0
