@@ -60,7 +60,7 @@ def main() -> None:
             resnets[condition] = result.model.state_dict()
         row = {"model": model, "condition": condition, "val_accuracy": result.final["val_accuracy"],
                "train_seconds": result.seconds}
-        if condition == "vanilla" and "noisy" in grid.conditions:
+        if condition == "vanilla":
             noisy = load_dataset(condition_config(cfg.dataset, "noisy"), args.data_dir)
             row["noisy_val_accuracy"] = evaluate(result.model, noisy)["accuracy"]
         rows.append(row)
