@@ -241,8 +241,8 @@ class VAESVM(nn.Module):
     """A VAE whose latent mean is classified by a linear head trained with the hinge loss.
 
     One score per class, each trained one-vs-rest (`hinge_step`); the class is the highest score.
-    The authors' head has the same shape but trains both scores toward the same target, so the
-    comparison between them carries no label information; ours does.
+    The authors' head has the same shape but trains both scores toward the same +-1 target, so
+    their argmax is decided by which score ends up larger in magnitude, right or inverted by chance.
     """
 
     def __init__(self, vae: nn.Module, latent_dim: int):
