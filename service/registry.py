@@ -5,6 +5,9 @@ stale-job sweep all agree on one record. Every status change is a conditional UP
 (`... WHERE status = 'queued'`), so a cancel, a worker picking the job up and the sweep can race
 without one overwriting another.
 
+Workers are rows too: each worker process stamps its own while it lives, so whether any worker
+is live, and which are busy, is read here rather than asked of the broker.
+
 The schema is created and upgraded by Alembic (service/migrations) at API and worker start-up
 (`migrate`). Both may start at once, so the upgrade runs under a lock: a PostgreSQL advisory
 lock held for the migration's transaction, or an exclusive file lock beside a SQLite file.
@@ -22,7 +25,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, func, select, text, update
+from sqlalchemy import (
+    JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, delete, event, func, or_, select, update,
+)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -81,12 +86,15 @@ class Job(Base):
     # One record per finished epoch, as ml.train's on_epoch hands them over.
     metrics: Mapped[list[Any]] = mapped_column(default=list)
     error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     worker: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(index=True)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    # When its broker message was last sent (the sweep re-sends the message of a job queued too long).
+    enqueued_at: Mapped[datetime | None]
     # The experiment / error-analysis report (JSON), written in the transaction that marks the job
     # succeeded, so only a succeeded job has one. Deferred: job listings never load it.
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
@@ -118,8 +126,24 @@ class Model(Base):
     # progress records it includes what training adds after the last epoch (K-means accuracy).
     history: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(index=True)
+    # SHA-256 of weights.safetensors when it was registered; loads and downloads are checked against it.
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
 
     job: Mapped[Job | None] = relationship(back_populates="models")
+
+
+class Worker(Base):
+    """A live (or recently live) worker process: stamped by the worker, read by /readyz and the sweep.
+
+    `name` is the worker's Celery hostname, the string a job it claims records in `Job.worker`, so
+    a worker is busy while a running job names it.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime] = mapped_column(index=True)
 
 
 # --- engine, sessions, schema -----------------------------------------------------------------
@@ -193,16 +217,14 @@ def migrate() -> None:
         command.upgrade(config, "head")
 
 
-def ping() -> None:
-    with engine().connect() as conn:
-        conn.execute(text("SELECT 1"))
-
-
 # --- jobs ---------------------------------------------------------------------------------------
 
 
 def create_job(session: Session, kind: str, request: dict[str, Any]) -> Job:
-    job = Job(id=new_id(), kind=kind, status=JobStatus.queued, request=request, metrics=[], created_at=now())
+    """A queued job, its message stamped as sent now: the caller sends it at once, or deletes the job."""
+    created = now()
+    job = Job(id=new_id(), kind=kind, status=JobStatus.queued, request=request, metrics=[], created_at=created,
+              enqueued_at=created)
     session.add(job)
     session.commit()
     return job
@@ -264,10 +286,47 @@ def sweep_stale_jobs(session: Session, stale_seconds: float) -> int:
             status=JobStatus.failed,
             finished_at=now(),
             error=f"worker lost: no heartbeat for {stale_seconds:g} seconds",
+            error_code="worker_lost",
         )
     )
     session.commit()
     return result.rowcount
+
+
+def claim_requeues(requeue_after: float, stale_seconds: float) -> list[str]:
+    """Queued jobs whose broker message was most likely lost, to be sent again (ids, oldest first).
+
+    A job qualifies once its message was sent over `requeue_after` seconds ago while some live
+    worker has been idle at least that long: with one message reserved per worker, an idle worker
+    beside a waiting message cannot last. Each job's `enqueued_at` is stamped now in the same
+    conditional UPDATE that selects it, so of several APIs sweeping one registry only one re-sends
+    it, and nobody again before another `requeue_after`. A needless re-send costs nothing: the
+    worker's claim of a job that is no longer queued fails and the duplicate is skipped.
+    """
+    moment = now()
+    cutoff = moment - timedelta(seconds=requeue_after)
+    recently_busy = select(Job.worker).where(
+        Job.worker.is_not(None), or_(Job.status == JobStatus.running, Job.finished_at >= cutoff)
+    )
+    idle_worker = select(Worker.name).where(
+        Worker.seen_at >= moment - timedelta(seconds=stale_seconds),
+        Worker.started_at <= cutoff,
+        Worker.name.not_in(recently_busy),
+    )
+    sent_at = func.coalesce(Job.enqueued_at, Job.created_at)  # jobs queued before enqueued_at existed have none
+    with session_scope() as session:
+        if not session.scalar(select(idle_worker.exists())):
+            return []
+        overdue = session.scalars(
+            select(Job.id).where(Job.status == JobStatus.queued, sent_at < cutoff).order_by(Job.created_at)
+        ).all()
+        return [
+            job_id for job_id in overdue
+            if session.execute(
+                update(Job).where(Job.id == job_id, Job.status == JobStatus.queued, sent_at < cutoff)
+                .values(enqueued_at=moment)
+            ).rowcount == 1
+        ]
 
 
 def claim_job(job_id: str, worker: str) -> Job | None:
@@ -297,9 +356,10 @@ def record_epoch(job_id: str, record: dict[str, Any]) -> bool:
         return job.cancel_requested
 
 
-def finish_job(job_id: str, status: JobStatus, error: str | None = None) -> bool:
+def finish_job(job_id: str, status: JobStatus, error: str | None = None, error_code: str | None = None) -> bool:
     with session_scope() as session:
-        return _transition(session, job_id, JobStatus.running, status=status, error=error, finished_at=now())
+        return _transition(session, job_id, JobStatus.running, status=status, error=error, error_code=error_code,
+                           finished_at=now())
 
 
 def add_model(job_id: str, model: Model) -> bool:
@@ -344,6 +404,12 @@ def get_model(session: Session, model_id: str) -> Model | None:
     return session.get(Model, model_id)
 
 
+def weights_sha256(model_id: str) -> str | None:
+    """The checksum recorded for a model's weights; None for a model registered before checksums were."""
+    with session_scope() as session:
+        return session.scalar(select(Model.weights_sha256).where(Model.id == model_id))
+
+
 def list_models(session: Session, limit: int, offset: int) -> tuple[list[Model], int]:
     total = session.scalar(select(func.count()).select_from(Model))
     items = session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset))
@@ -353,3 +419,36 @@ def list_models(session: Session, limit: int, offset: int) -> tuple[list[Model],
 def delete_model(session: Session, model: Model) -> None:
     session.delete(model)
     session.commit()
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+
+def stamp_worker(name: str) -> None:
+    """Record that worker `name` is alive now; its first stamp records when it started."""
+    with session_scope() as session:
+        seen = now()
+        # One process stamps its own row, so the update-or-insert never races another writer.
+        if session.execute(update(Worker).where(Worker.name == name).values(seen_at=seen)).rowcount == 0:
+            session.add(Worker(name=name, started_at=seen, seen_at=seen))
+
+
+def forget_worker(name: str) -> None:
+    """Drop a worker that stopped (or was seen to die): it no longer counts as live."""
+    with session_scope() as session:
+        session.execute(delete(Worker).where(Worker.name == name))
+
+
+def forget_dead_workers(stale_seconds: float) -> None:
+    """Drop the rows of workers unseen for `stale_seconds` (killed ones never drop their own)."""
+    with session_scope() as session:
+        session.execute(delete(Worker).where(Worker.seen_at < now() - timedelta(seconds=stale_seconds)))
+
+
+def worker_counts(session: Session, stale_seconds: float) -> tuple[int, int]:
+    """(live, busy): workers seen within `stale_seconds`, and those of them a running job names."""
+    live = Worker.seen_at >= now() - timedelta(seconds=stale_seconds)
+    running = select(Job.worker).where(Job.status == JobStatus.running, Job.worker.is_not(None))
+    n_live = session.scalar(select(func.count()).select_from(Worker).where(live))
+    n_busy = session.scalar(select(func.count()).select_from(Worker).where(live, Worker.name.in_(running)))
+    return n_live or 0, n_busy or 0
