@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ml.errors import UserError
+
 from ml.config import DatasetConfig
 
 MNIST_FILES = (
@@ -26,8 +28,10 @@ MNIST_FILES = (
 )
 
 
-class MissingDataError(RuntimeError):
+class MissingDataError(UserError):
     """The data set is not where we looked and could not be downloaded."""
+
+    code = "data_missing"
 
 
 @dataclass

@@ -45,6 +45,15 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def mnist32(data_dir: Path):
+    """MNIST 0 vs 1 at 32x32, the CPU-sized setting every ml test trains on."""
+    from ml.config import DatasetConfig
+    from ml.data import load_dataset
+
+    return load_dataset(DatasetConfig(image_size=32), data_dir)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -282,8 +291,10 @@ def distributed_workers(distributed_env: dict[str, str]) -> Iterator[Workers]:
 
 @pytest.fixture(scope="session")
 def distributed_service(distributed_env: dict[str, str], distributed_workers: Workers) -> Iterator[Service]:
-    """The API alone (`classcomp serve --no-worker`) against PostgreSQL and Redis; jobs run on `distributed_workers`."""
-    url, process = start_service(["serve", "--no-worker"], distributed_env, Path(distributed_env["CLASSCOMP_HOME"]), "api")
+    """The API alone (`classcomp serve --no-worker`) against PostgreSQL and Redis; jobs run on `distributed_workers`.
+    Probed on /healthz: /readyz also needs a live worker, and the workers are another fixture's."""
+    home = Path(distributed_env["CLASSCOMP_HOME"])
+    url, process = start_service(["serve", "--no-worker"], distributed_env, home, "api", probe="/healthz")
     yield Service(url, distributed_env)
     process.stop()
 

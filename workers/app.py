@@ -1,55 +1,21 @@
-"""The Celery app, configured from settings.
-
-No result backend: a job's state lives in the registry, which the worker writes as it goes.
-Messages are JSON only. A job message is acknowledged after the task returns (acks_late) and
-put back if the process running it dies (reject_on_worker_lost), and a worker holds one message
-at a time (prefetch 1), so a long training never sits behind another in a prefetch buffer. A
-redelivered message for a job that is no longer queued is skipped by the task itself.
-"""
+"""The worker's Celery app: the API's queue configuration (service.queue) plus the task module,
+and the worker's liveness stamps in the registry."""
 
 from __future__ import annotations
 
+import threading
+
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.utils.log import get_logger
 
-from service.settings import Settings, get_settings
+from service.queue import celery_config
+from service.settings import get_settings
 
-RUN_JOB = "classcomp.run_job"
+logger = get_logger(__name__)
 
-
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("classcomp", include=["workers.tasks"])
-    transport_options = {}
-    if settings.broker.startswith("filesystem://"):
-        # Embedded mode: messages are files under CLASSCOMP_HOME, so no broker server is needed.
-        folders = {name: settings.broker_dir / name for name in ("queue", "control")}
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-        transport_options = {
-            "data_folder_in": str(folders["queue"]),
-            "data_folder_out": str(folders["queue"]),
-            "control_folder": str(folders["control"]),
-        }
-    app.conf.update(
-        broker_url=settings.broker,
-        broker_transport_options=transport_options,
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=5,
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_default_queue=settings.queue,
-        task_routes={RUN_JOB: {"queue": settings.queue}},
-        # Fail a submission quickly when the broker is down instead of hanging the request.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
-    )
-    return app
-
-
-app = make_celery(get_settings())
+app = Celery("classcomp", include=["workers.tasks"])
+app.conf.update(celery_config(get_settings()))
 
 
 @worker_init.connect
@@ -65,3 +31,60 @@ def _forget_parent_connections(**_: object) -> None:
     from service import registry
 
     registry.engine().dispose(close=False)
+
+
+def _stamp(name: str) -> None:
+    from service import registry
+
+    try:
+        registry.stamp_worker(name)
+    except Exception:  # a registry hiccup must not stop the worker; the next stamp may get through
+        logger.warning("could not stamp worker %s as live in the registry", name, exc_info=True)
+
+
+class _Liveness:
+    """This worker's row in the registry, stamped every heartbeat interval from worker_ready to
+    worker_shutdown by a thread of the main process, which stays free while its pool process trains.
+    The row's name is the worker's Celery hostname, which the jobs it claims record."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.name = ""
+
+    def start(self, name: str) -> None:
+        self.name = name
+        _stamp(name)  # before the worker logs "ready.", which is what whoever started it waits for
+        interval = get_settings().heartbeat_seconds
+
+        def stamp_until_stopped() -> None:
+            while not self.stopping.wait(interval):
+                _stamp(name)
+
+        self.thread = threading.Thread(target=stamp_until_stopped, name="worker-liveness", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread is None:  # shut down before it was ever ready
+            return
+        self.stopping.set()
+        self.thread.join()  # no stamp may land after the row is gone
+        from service import registry
+
+        try:
+            registry.forget_worker(self.name)
+        except Exception:  # its row then just goes stale
+            logger.warning("could not remove worker %s from the registry", self.name, exc_info=True)
+
+
+_liveness = _Liveness()
+
+
+@worker_ready.connect
+def _start_liveness(sender: object, **_: object) -> None:
+    _liveness.start(sender.hostname)  # sender: the worker's consumer
+
+
+@worker_shutdown.connect
+def _stop_liveness(**_: object) -> None:
+    _liveness.stop()

@@ -6,40 +6,32 @@ stop and the API's sweep fails the job ("worker lost") instead of leaving it run
 
 from __future__ import annotations
 
-import math
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
 
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import task_failure
 from celery.utils.log import get_task_logger
 
 from ml import artifacts
+from ml.artifacts import json_safe
 from ml.analysis.excess_risk import excess_risk
 from ml.config import RunConfig
-from ml.data import MissingDataError, load_dataset
+from ml.data import load_dataset
+from ml.errors import UserError
 from ml.evaluation import condition_config, evaluate
-from ml.models import parameter_count
 from ml.train import epochs_of, train
 from service import registry, storage
 from service.registry import Job, JobStatus
 from service.schemas import ErrorAnalysisJob, ExperimentJob, TrainJob, job_request_adapter
 from service.settings import get_settings
-from workers.app import RUN_JOB, app
+from service.queue import RUN_JOB
+from workers.app import app
 
 logger = get_task_logger(__name__)
-
-
-def json_safe(value: Any) -> Any:
-    """Metrics with NaN or infinity (a diverged run) as null: JSON columns and responses reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
 
 
 @contextmanager
@@ -62,12 +54,21 @@ def heartbeat(job_id: str, interval: float) -> Iterator[None]:
         thread.join()
 
 
-# Failures that are the request's or the environment's fault: their message alone is the job's error.
-EXPECTED_ERRORS = (MissingDataError, ValueError)
+def time_limit_error(which: str, seconds: float) -> str:
+    return (f"time limit: the job reached its {which} time limit of {seconds:g} s and was stopped "
+            f"(CLASSCOMP_JOB_{which.upper()}_TIME_LIMIT_SECONDS)")
 
 
-def error_text(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, EXPECTED_ERRORS) else f"{type(exc).__name__}: {exc}"
+def failure(exc: Exception, where: str) -> tuple[str, str]:
+    """A failed job's (error, error_code): a UserError as it is; the soft time limit, which Celery raises
+    inside the job, as time_limit; anything else is a bug, logged with its traceback and reported as internal."""
+    if isinstance(exc, UserError):
+        return str(exc), exc.code
+    if isinstance(exc, SoftTimeLimitExceeded):
+        _hard, soft = run_job.request.timelimit
+        return time_limit_error("soft", soft), "time_limit"
+    logger.error("%s failed", where, exc_info=exc)
+    return f"internal error ({type(exc).__name__}: {exc}); the worker's log has the traceback", "internal_error"
 
 
 def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> registry.Model | None:
@@ -82,25 +83,33 @@ def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> registry.Mo
     init_state = None
     if cfg.init_from:
         try:
-            init_state = artifacts.load_state(storage.model_dir(cfg.init_from))
+            init_state = artifacts.load_state(storage.model_dir(cfg.init_from), registry.weights_sha256(cfg.init_from))
         except artifacts.ArtifactError as exc:
-            raise ValueError(f"init_from model {cfg.init_from} cannot be loaded (was it deleted?): {exc}") from exc
+            raise UserError(f"init_from model {cfg.init_from} cannot be loaded (was it deleted?): {exc}",
+                            code="init_from_unavailable") from exc
 
     result = train(cfg, data, device=settings.device, init_state=init_state, on_epoch=on_epoch)
     if result.stopped:
         return None
     model_id = registry.new_id()
-    artifacts.save(result, cfg, storage.model_dir(model_id))
+    return model_row(model_id, artifacts.save(result, cfg, storage.model_dir(model_id)))
+
+
+def model_row(model_id: str, directory: Path) -> registry.Model:
+    """The registry row of a saved model, copied from its artifact files: they are the one source of
+    a model's metadata, and the row is an index of them that is never edited on its own."""
+    config, metrics = artifacts.read_json(directory, artifacts.CONFIG), artifacts.read_json(directory, artifacts.METRICS)
     return registry.Model(
         id=model_id,
-        name=cfg.model,
-        config=cfg.to_dict(),
-        classes=cfg.dataset.classes,
-        parameter_count=parameter_count(result.model),
-        train_seconds=result.seconds,
-        final_metrics=json_safe(result.final),
-        history=json_safe(result.history),
+        name=config["run"]["model"],
+        config=config["run"],
+        classes=config["classes"],
+        parameter_count=config["parameter_count"],
+        train_seconds=metrics["train_seconds"],
+        final_metrics=metrics["final"],
+        history=metrics["history"],
         created_at=registry.now(),
+        weights_sha256=artifacts.weights_sha256(directory),
     )
 
 
@@ -155,11 +164,10 @@ def run_experiment(job: Job) -> None:
         try:
             model = train_model(cfg, on_epoch)
         except Exception as exc:
-            if not isinstance(exc, EXPECTED_ERRORS):
-                logger.exception("job %s: cell %s under %s failed", job.id, name, condition)
+            error, code = failure(exc, f"job {job.id}: cell {name} under {condition}")
             kept = f"; the {len(rows)} model(s) of earlier cells stay registered" if rows else ""
             registry.finish_job(job.id, JobStatus.failed,
-                                f"{name} under {condition} (cell {index} of {len(cells)}): {error_text(exc)}{kept}")
+                                f"{name} under {condition} (cell {index} of {len(cells)}): {error}{kept}", code)
             return
         if model is None:
             registry.finish_job(job.id, JobStatus.cancelled)
@@ -218,6 +226,12 @@ def run_job(job_id: str) -> None:
         try:
             HANDLERS[job.kind](job)
         except Exception as exc:
-            if not isinstance(exc, EXPECTED_ERRORS):
-                logger.exception("job %s failed", job_id)
-            registry.finish_job(job_id, JobStatus.failed, error_text(exc))
+            registry.finish_job(job_id, JobStatus.failed, *failure(exc, f"job {job_id}"))
+
+
+@task_failure.connect
+def _killed_at_hard_time_limit(sender: object, task_id: str, exception: BaseException, **_: object) -> None:
+    """At the hard time limit Celery kills the process running the job, which therefore records nothing;
+    this runs in the worker's main process instead (the task id is the job id)."""
+    if getattr(sender, "name", None) == RUN_JOB and isinstance(exception, TimeLimitExceeded):
+        registry.finish_job(task_id, JobStatus.failed, time_limit_error("hard", float(exception.args[0])), "time_limit")

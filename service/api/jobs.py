@@ -6,73 +6,65 @@ import dataclasses
 import logging
 from typing import Annotated
 
-import torch
 from fastapi import APIRouter, Body, Query, Response
 from kombu.exceptions import OperationalError
 from sqlalchemy.orm import Session
 
 from ml.config import RunConfig
-from ml.models import build_model
-from service import registry
-from service.api.deps import SessionDep, SweptSessionDep, get_job_or_404
+from service import admission, queue, registry
+from service.api.deps import SessionDep, SettingsDep, SweptSessionDep, get_job_or_404
 from service.errors import ApiError, not_found
 from service.registry import FINISHED, JobStatus
-from service.schemas import ERROR_RESPONSES, JOB_EXAMPLES, ErrorAnalysisJob, ExperimentJob, JobOut, JobRequest, Page, TrainJob
-from workers.app import app as celery_app
-from workers.tasks import run_job
+from service.schemas import (
+    ERROR_RESPONSES, JOB_EXAMPLES, ErrorAnalysisJob, ErrorResponse, ExperimentJob, JobOut, JobRequest, Page, TrainJob,
+)
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
-def check_buildable(cfg: RunConfig) -> None:
-    """The network `cfg` describes can be built (e.g. its image size fits its poolings)."""
-    try:
-        with torch.device("meta"):  # builds the network's shapes without allocating its weights
-            build_model(cfg)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_request", str(exc)) from exc
+def check_job(session: Session, job: TrainJob | ErrorAnalysisJob | ExperimentJob, settings: Settings) -> None:
+    """What the dataclasses cannot check alone (init_from is a fitting resnet), then what this deployment
+    affords (service/admission.py, which also finds whether every network the job trains can be built)."""
+    if isinstance(job, TrainJob) and job.init_from:
+        check_init_from(session, job.run_config())
+    admission.admit(session, job, settings)
 
 
-# Stands in for the resnet an experiment's unet-pretrained will start from: it does not exist yet.
-_PLACEHOLDER_ID = "0" * 32
+def check_init_from(session: Session, cfg: RunConfig) -> None:
+    source = registry.get_model(session, cfg.init_from)
+    if source is None or source.name != "resnet":
+        raise ApiError(422, "invalid_request", f"init_from: {cfg.init_from!r} is not the id of a registered resnet model")
+    width = source.config["training"]["width"]
+    if width != cfg.training.width:
+        raise ApiError(422, "invalid_request",
+                       f"init_from: resnet {cfg.init_from} has width {width}; training.width must match it")
 
 
-def check_job(session: Session, job: TrainJob | ErrorAnalysisJob | ExperimentJob) -> None:
-    """What the dataclasses cannot check alone: every network the job trains can be built."""
-    if isinstance(job, TrainJob):
-        check_train_job(session, job)
-    elif isinstance(job, ErrorAnalysisJob):
-        for model in job.models:
-            check_buildable(RunConfig(model=model, dataset=job.dataset, training=job.training))
-    else:
-        for model in job.models:
-            check_buildable(job.run_config(model, job.conditions[0],
-                                           init_from=_PLACEHOLDER_ID if model == "unet-pretrained" else None))
-
-
-def check_train_job(session: Session, job: TrainJob) -> None:
-    """The network can be built and init_from is a fitting resnet."""
-    cfg = job.run_config()
-    check_buildable(cfg)
-    if cfg.init_from:
-        source = registry.get_model(session, cfg.init_from)
-        if source is None or source.name != "resnet":
-            raise ApiError(422, "invalid_request", f"init_from: {cfg.init_from!r} is not the id of a registered resnet model")
-        width = source.config["training"]["width"]
-        if width != cfg.training.width:
-            raise ApiError(422, "invalid_request",
-                           f"init_from: resnet {cfg.init_from} has width {width}; training.width must match it")
-
-
-@router.post("", status_code=202, response_model=JobOut, summary="Submit a job")
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a job",
+    description="The job is validated, then admitted only if this deployment affords it, before anything is "
+    "queued: epochs, batch size, width, image size, generated images and repeats within the CLASSCOMP_JOB_MAX_* "
+    "caps, and the estimated memory of each training (weights, gradients and Adam's moments, activations at the "
+    "batch size, the images) within CLASSCOMP_WORKER_MEMORY_BYTES; otherwise 422 naming the field. With "
+    "CLASSCOMP_MAX_QUEUED_JOBS jobs already queued it is 429 with Retry-After. A job running past "
+    "CLASSCOMP_JOB_SOFT_TIME_LIMIT_SECONDS fails with error_code time_limit.",
+    responses={429: {"model": ErrorResponse, "description": "the queue is full (code queue_full)",
+                     "headers": {"Retry-After": {"description": "seconds to wait before submitting again",
+                                                 "schema": {"type": "integer"}}}}},
+)
 def submit_job(
-    body: Annotated[JobRequest, Body(openapi_examples=JOB_EXAMPLES)], session: SessionDep, response: Response
+    body: Annotated[JobRequest, Body(openapi_examples=JOB_EXAMPLES)], session: SessionDep, settings: SettingsDep,
+    response: Response,
 ) -> registry.Job:
-    check_job(session, body)
+    check_job(session, body, settings)
     job = registry.create_job(session, body.kind, dataclasses.asdict(body))
     try:
-        run_job.apply_async(args=[job.id], task_id=job.id)
+        queue.send_job(job.id)
     except OperationalError as exc:
         registry.delete_job(session, job)
         raise ApiError(503, "broker_unavailable", f"the job could not be queued: the broker is unreachable ({exc})") from exc
@@ -112,7 +104,7 @@ def cancel_job(job_id: str, session: SweptSessionDep, response: Response) -> reg
         raise ApiError(409, "job_finished", f"job {job_id} has already {previous}; only queued or running jobs can be cancelled")
     if previous == JobStatus.queued:
         try:
-            celery_app.control.revoke(job_id)
+            queue.revoke(job_id)
         except Exception:  # the worker skips a cancelled job anyway; revoking only saves it the look-up
             logger.warning("could not revoke the message of job %s", job_id, exc_info=True)
     else:
