@@ -9,8 +9,11 @@ rebuilt and its inputs preprocessed exactly as in training.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 ModelName = Literal[
     "vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans", "conv-vae-svm", "conv-vae-kmeans"
@@ -23,6 +26,79 @@ PresetName = Literal["paper", "paper-error-analysis"]
 MODEL_NAMES: tuple[str, ...] = ModelName.__args__
 PAPER_MODELS = MODEL_NAMES[:6]  # the paper's; the convolutional VAEs go beyond it
 SVM_MODELS = ("vae-svm", "conv-vae-svm")  # trained in two phases: the VAE, then the hinge head
+# torch's generators take seeds below 2**64; this bound leaves room for the offsets runs add to a seed
+# (seed + 1 for the noisy validation images, seed + repeat in the error analysis).
+SEED_LIMIT = 2**63
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if isinstance(x, int) or (x.is_integer() and abs(x) < 1e6) else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The bounds of a numeric field, written once beside it: `check_fields` enforces them, and the
+    API's JSON Schema shows them (pydantic calls `__get_pydantic_json_schema__` on annotations; nothing
+    here imports it)."""
+
+    low: float
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        low = _number(self.low)
+        if self.high is None:
+            return f"{'above' if self.open_low else 'at least'} {low}"
+        high = _number(self.high)
+        if self.open_low or self.open_high:
+            return f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+        return f"between {low} and {high}"
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema["exclusiveMinimum" if self.open_low else "minimum"] = self.low
+        if self.high is not None:
+            schema["exclusiveMaximum" if self.open_high else "maximum"] = self.high
+        return schema
+
+
+Seed = Annotated[int, Range(0, SEED_LIMIT, open_high=True)]
+Fraction = Annotated[float, Range(0.0, 1.0, open_low=True, open_high=True)]
+
+
+def _range_of(hint: Any) -> Range | None:
+    """The Range annotating a field's type, also inside `X | None`."""
+    if typing.get_origin(hint) is Annotated:
+        return next((m for m in hint.__metadata__ if isinstance(m, Range)), None)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(filter(None, map(_range_of, typing.get_args(hint))), None)
+    return None
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, list) and any(map(_non_finite, value))
+
+
+def check_fields(config: Any) -> None:
+    """Rules every config with numbers shares: each field within its Range, and no NaN or infinity
+    anywhere (Python's JSON parser reads `NaN`, `Infinity` and `1e400` as floats, and every comparison
+    with NaN is false, so range checks alone let it through)."""
+    hints = typing.get_type_hints(type(config), include_extras=True)
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if _non_finite(value):
+            raise ValueError(f"{f.name} must be finite: NaN and infinity are not accepted")
+        bounds = _range_of(hints[f.name])
+        if bounds is not None and value is not None and value not in bounds:
+            raise ValueError(f"{f.name} must be {bounds}, got {value}")
 
 
 @dataclass
@@ -35,28 +111,21 @@ class DatasetConfig:
     """
 
     name: DatasetName = "mnist"
-    digits: list[int] = field(default_factory=lambda: [0, 1])
-    image_size: int = 64
+    digits: list[Annotated[int, Range(0, 9)]] = field(default_factory=lambda: [0, 1])
+    image_size: Annotated[int, Range(8, 256)] = 64
     condition: Condition = "vanilla"
-    imbalance: float = 0.9
-    noisy_imbalance: float | None = 0.6
+    imbalance: Fraction = 0.9  # of class 1, in training
+    noisy_imbalance: Fraction | None = 0.6
     mean: list[float | list[float]] = field(default_factory=lambda: [-1.0, 1.0])
     std: list[float | list[float]] = field(default_factory=lambda: [3.0, 3.0])
-    n_train: int = 1000
-    n_val: int = 1000
-    seed: int = 0
+    n_train: Annotated[int, Range(2)] = 1000
+    n_val: Annotated[int, Range(2)] = 1000
+    seed: Seed = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if len(self.digits) != 2 or len(set(self.digits)) != 2 or not all(0 <= d <= 9 for d in self.digits):
             raise ValueError("digits must be two different digits between 0 and 9")
-        if not 8 <= self.image_size <= 256:
-            raise ValueError("image_size must be between 8 and 256")
-        for name in ("imbalance", "noisy_imbalance"):
-            value = getattr(self, name)
-            if value is not None and not 0.0 < value < 1.0:
-                raise ValueError(f"{name} is the fraction of class 1 and must be strictly between 0 and 1")
-        if self.n_train < 2 or self.n_val < 2:
-            raise ValueError("n_train and n_val must be at least 2")
         n_pixels = self.image_size**2
         for name in ("mean", "std"):
             values = getattr(self, name)
@@ -100,16 +169,16 @@ class TrainingConfig:
     """
 
     preset: PresetName = "paper"
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    vae_grad_clip: float | None = None
-    head_epochs: int | None = None
-    seed: int = 0
-    width: float = 1.0
-    latent_dim: int = 8
-    beta: float = 0.05
-    n_clusters: int = 2
+    epochs: Annotated[int, Range(1, 1000)] | None = None
+    batch_size: Annotated[int, Range(1, 65536)] | None = None
+    learning_rate: Annotated[float, Range(0.0, 1.0, open_low=True, open_high=True)] | None = None
+    vae_grad_clip: Annotated[float, Range(0.0, 1e6)] | None = None  # 0: no clipping
+    head_epochs: Annotated[int, Range(0, 1000)] | None = None
+    seed: Seed = 0
+    width: Annotated[float, Range(0.01, 4.0)] = 1.0
+    latent_dim: Annotated[int, Range(1, 512)] = 8
+    beta: Annotated[float, Range(0.0)] = 0.05
+    n_clusters: Annotated[int, Range(2, 64)] = 2
     finetune_encoder: bool = False
 
     def __post_init__(self) -> None:
@@ -120,24 +189,7 @@ class TrainingConfig:
                 setattr(self, name, value)
         if self.head_epochs is None:
             self.head_epochs = self.epochs
-        if not 1 <= self.epochs <= 1000:
-            raise ValueError("epochs must be between 1 and 1000")
-        if not 1 <= self.batch_size <= 65536:
-            raise ValueError("batch_size must be between 1 and 65536")
-        if not 0.0 < self.learning_rate < 1.0:
-            raise ValueError("learning_rate must be in (0, 1)")
-        if not 0.0 <= self.vae_grad_clip <= 1e6:
-            raise ValueError("vae_grad_clip must be between 0 (no clipping) and 1e6")
-        if not 0.01 <= self.width <= 4.0:
-            raise ValueError("width must be between 0.01 and 4")
-        if not 1 <= self.latent_dim <= 512:
-            raise ValueError("latent_dim must be between 1 and 512")
-        if self.beta < 0:
-            raise ValueError("beta must be non-negative")
-        if not 0 <= self.head_epochs <= 1000:
-            raise ValueError("head_epochs must be between 0 and 1000")
-        if not 2 <= self.n_clusters <= 64:
-            raise ValueError("n_clusters must be between 2 and 64")
+        check_fields(self)
 
 
 @dataclass

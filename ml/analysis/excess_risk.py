@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 import numpy as np
 
 from ml.analysis.bayes import BayesClassifier, bayes_risk, empirical_risk
-from ml.config import MODEL_NAMES, PAPER_MODELS, DatasetConfig, PresetName, RunConfig, TrainingConfig
+from ml.config import MODEL_NAMES, PAPER_MODELS, DatasetConfig, PresetName, Range, RunConfig, TrainingConfig, check_fields
 from ml.data import Dataset, load_dataset
 from ml.models import parameter_count, predict
 from ml.train import train
@@ -46,9 +47,9 @@ class ErrorAnalysisConfig:
     models: list[str] = field(default_factory=lambda: [m for m in PAPER_MODELS if m in ERROR_ANALYSIS_MODELS])
     dataset: DatasetConfig = field(default_factory=_paper_gaussian)
     training: ErrorAnalysisTraining = field(default_factory=ErrorAnalysisTraining)
-    n_train: int = 10
-    n_eval: int = 1000
-    repeats: int = 10
+    n_train: Annotated[int, Range(2, 100_000)] = 10
+    n_eval: Annotated[int, Range(2, 100_000)] = 1000
+    repeats: Annotated[int, Range(1, 100)] = 10
 
     def __post_init__(self) -> None:
         if self.dataset.name != "gaussian":
@@ -58,10 +59,7 @@ class ErrorAnalysisConfig:
         unknown = [m for m in self.models if m not in ERROR_ANALYSIS_MODELS]
         if not self.models or unknown:
             raise ValueError(f"models must be a non-empty subset of {', '.join(ERROR_ANALYSIS_MODELS)}")
-        if not 2 <= self.n_train <= 100_000 or not 2 <= self.n_eval <= 100_000:
-            raise ValueError("n_train and n_eval must be between 2 and 100000")
-        if not 1 <= self.repeats <= 100:
-            raise ValueError("repeats must be between 1 and 100")
+        check_fields(self)
 
 
 def bayes_classifier(cfg: DatasetConfig) -> BayesClassifier:

@@ -48,7 +48,7 @@ def test_report_of_an_unknown_job_is_404(client):
         ({"dataset": {"name": "mnist", "image_size": 32}}, "gaussian dataset"),
         ({"models": ["vgg", "alexnet"]}, "models must be"),
         ({"repeats": 0}, "repeats must be between 1 and 100"),
-        ({"n_eval": 1}, "n_train and n_eval"),
+        ({"n_eval": 1}, "n_eval must be between 2 and 100000"),
         ({"training": {"epoch": 2}}, "training.epoch: unknown field"),
         ({"dataset": {"name": "gaussian", "image_size": 40}}, "image_size must be a multiple of 32"),
         ({"colour": "blue"}, "colour: unknown field"),
