@@ -42,9 +42,34 @@ def epochs_of(model: str, training: TrainingConfig) -> int:
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The requested device, or CUDA when usable and the CPU otherwise.
+
+    A CUDA device asked for by name must be usable: training on the CPU instead, hours slower and
+    unnoticed, is the failure this refuses.
+    """
+    if not requested:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type != "cuda":
+        return device
+    if torch.version.cuda is None:
+        raise RuntimeError(
+            f"device {requested!r} was requested, but this torch {torch.__version__} is a CPU-only build; "
+            "install a CUDA build of torch (the Docker image's default TORCH_INDEX_URL) or use the CPU"
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {requested!r} was requested, but CUDA is not usable by this torch {torch.__version__} "
+            f"(built for CUDA {torch.version.cuda}): either no GPU is visible to this process (in Docker: start "
+            "it with docker-compose.gpu.yml and the NVIDIA container toolkit) or the NVIDIA driver is too old "
+            "for this CUDA build (upgrade the driver, or build the image with an older CUDA's TORCH_INDEX_URL)"
+        )
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"device {requested!r} was requested, but only {torch.cuda.device_count()} CUDA device(s) are visible "
+            "to this process (numbered from 0; CUDA_VISIBLE_DEVICES and Docker's device_ids renumber them)"
+        )
+    return device
 
 
 def _autocast(device: torch.device):
@@ -188,7 +213,8 @@ def fit_kmeans(model: VAEKMeans, z_train: Tensor, y_train: Tensor, seed: int) ->
     from sklearn.cluster import KMeans
 
     k = model.centres.shape[0]
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(z_train.cpu().numpy())
+    # scikit-learn takes seeds below 2**32; ours go up to 2**63.
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed % 2**32).fit(z_train.cpu().numpy())
     mapping = cluster_labels(km.labels_, y_train.cpu().numpy(), k, NUM_CLASSES)
     model.centres.copy_(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
     model.cluster_labels.copy_(torch.as_tensor(mapping))

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 
 from ml.config import CONDITIONS, MODEL_NAMES, PRESETS, DatasetConfig, RunConfig, TrainingConfig
+
+logger = logging.getLogger(__name__)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,18 +113,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.auth import warn_if_open
     from service.settings import get_settings
 
     settings = get_settings()
+    warn_if_open(args.host or settings.host)
     # uvicorn stops gracefully on SIGTERM, then raises it again; as an exception rather than the
     # default sudden exit, it lets the `finally` below stop the worker.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    worker = None if args.no_worker else start_worker_process()
+    if args.workers < 0:
+        sys.exit("classcomp: --workers must be 0 or more")
+    supervisor = WorkerSupervisor(0 if args.no_worker else args.workers)
     try:
         uvicorn.run(create_app(), host=args.host or settings.host, port=args.port or settings.port)
     finally:
-        if worker is not None:
-            stop_worker_process(worker)
+        supervisor.stop()
 
 
 def _die_with_parent() -> None:
@@ -138,17 +147,7 @@ def start_worker_process() -> subprocess.Popen:
     )
 
 
-def stop_worker_process(worker: subprocess.Popen, grace_seconds: float = 10) -> None:
-    """Warm shutdown (a job about to finish may still finish), then kill the whole group.
-
-    A job killed here is left to the stale-job sweep, which fails it as "worker lost".
-    """
-    worker.terminate()  # to the worker's main process, which stops its pool process itself
-    try:
-        worker.wait(grace_seconds)
-        return
-    except subprocess.TimeoutExpired:
-        pass
+def _kill_group(worker: subprocess.Popen) -> None:
     try:
         os.killpg(worker.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -156,15 +155,142 @@ def stop_worker_process(worker: subprocess.Popen, grace_seconds: float = 10) -> 
     worker.wait()
 
 
-def cmd_worker(args: argparse.Namespace) -> None:
-    from service.settings import get_settings
-    from workers.app import app
+def stop_worker_processes(workers: list[subprocess.Popen], grace_seconds: float = 10) -> None:
+    """Warm shutdown of them all at once (a job about to finish may still finish), then kill the
+    groups of those still running.
 
+    A job killed here is left to the stale-job sweep, which fails it as "worker lost".
+    """
+    for worker in workers:
+        worker.terminate()  # to the worker's main process, which stops its pool process itself
+    deadline = time.monotonic() + grace_seconds
+    for worker in workers:
+        try:
+            worker.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill_group(worker)
+
+
+def worker_name(pid: int) -> str:
+    """The Celery hostname of the `classcomp worker` with this process id: the name of its row in
+    the registry's workers table and what the jobs it claims record as their worker."""
+    return f"classcomp-{pid}@{socket.gethostname()}"
+
+
+RESTART_DELAY_FIRST = 1.0
+RESTART_DELAY_MAX = 30.0
+# A child that lived this long died of something other than failing to start: restart it promptly.
+RESTART_DELAY_RESET_AFTER = 60.0
+
+
+@dataclass
+class _Child:
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    delay: float = RESTART_DELAY_FIRST
+    restart_at: float = 0.0
+
+    def tend(self) -> None:
+        """Start the child when due; notice that it died and schedule its restart."""
+        moment = time.monotonic()
+        if self.process is None:
+            if moment >= self.restart_at:
+                self.process, self.started = start_worker_process(), moment
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        _kill_group(self.process)  # its pool process may outlive it, training on with nobody to record it
+        _forget(worker_name(self.process.pid))
+        if moment - self.started >= RESTART_DELAY_RESET_AFTER:
+            self.delay = RESTART_DELAY_FIRST
+        cause = f"signal {-code}" if code < 0 else f"status {code}"
+        logger.warning("classcomp serve: the worker %d exited (%s); restarting it in %g s; a job it was running "
+                       "will be failed as worker lost", self.process.pid, cause, self.delay)
+        self.process, self.restart_at = None, moment + self.delay
+        self.delay = min(2 * self.delay, RESTART_DELAY_MAX)
+
+
+def _forget(name: str) -> None:
+    """Drop a dead worker's row at once, so /readyz stops counting it before it goes stale."""
+    from service import registry
+
+    try:
+        registry.forget_worker(name)
+    except Exception:
+        logger.warning("classcomp serve: could not remove worker %s from the registry; it goes stale instead",
+                       name, exc_info=True)
+
+
+class WorkerSupervisor:
+    """Keeps `count` embedded `classcomp worker` children running, from a thread of `serve`.
+
+    A child that exits, whatever the cause (a crash, the OOM killer, a kill), is started again
+    after a delay: 1 s, doubling up to 30 s while its replacements keep dying, and 1 s again once
+    one has lived a minute. Only this thread starts and stops children: Linux sends a child's
+    parent-death signal when the *thread* that started it ends, and this one ends after stopping them.
+    """
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, count: int) -> None:
+        self.children = [_Child() for _ in range(count)]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                for child in self.children:
+                    child.tend()
+                if self.stopping.wait(self.POLL_SECONDS):
+                    return
+        finally:
+            stop_worker_processes([child.process for child in self.children if child.process is not None])
+
+    def stop(self) -> None:
+        """Stop the children (warm, then killed after a grace period) and the supervision."""
+        self.stopping.set()
+        self.thread.join()
+
+
+def check_device(device: str) -> None:
+    """Exit now, with pick_device's reason, if `device` is not usable here (a worker told to use CUDA
+    without a usable GPU would otherwise fail every job it takes).
+
+    CUDA is asked in a spawned process: querying it in this one would keep the pool process that
+    Celery forks from it from ever using CUDA ("Cannot re-initialize CUDA in forked subprocess").
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ml.train import pick_device
+
+    try:
+        if not device.startswith("cuda"):
+            pick_device(device)  # asks CUDA nothing, and names a mistyped device
+            return
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            child.submit(pick_device, device).result()
+    except RuntimeError as exc:
+        sys.exit(f"classcomp: {exc}")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from celery.utils.imports import symbol_by_name
+
+    from service.settings import get_settings
+
+    if get_settings().device:
+        check_device(get_settings().device)
+    # By name: the command line starts every part, but nothing under service/ imports workers/.
+    app = symbol_by_name("workers.app:app")
     app.worker_main([
         "worker",
         f"--queues={get_settings().queue}",
         "--concurrency=1",  # one training at a time per process: it uses every core (or the GPU)
-        f"--hostname=classcomp-{os.getpid()}@%h",
+        f"--hostname={worker_name(os.getpid())}",
         f"--loglevel={args.loglevel}",
         "--without-gossip",
         "--without-mingle",
@@ -176,7 +302,9 @@ def _client(args: argparse.Namespace):
 
     from service.settings import get_settings
 
-    return httpx.Client(base_url=args.url or get_settings().url, timeout=60)
+    settings = get_settings()
+    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
+    return httpx.Client(base_url=args.url or settings.url, timeout=60, headers=headers)
 
 
 def _call(client, method: str, path: str, **kwargs) -> dict:
@@ -301,10 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64)
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("serve", help="run the API here, with a worker unless --no-worker (embedded mode by default)")
+    p = sub.add_parser("serve", help="run the API here, with a worker it restarts should it die, unless --no-worker "
+                       "(embedded mode by default)")
     p.add_argument("--host", default=None, help="default: CLASSCOMP_HOST or 127.0.0.1")
     p.add_argument("--port", type=int, default=None, help="default: CLASSCOMP_PORT or 8000")
     p.add_argument("--no-worker", action="store_true", help="API only; jobs run on `classcomp worker` processes")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes to run and keep running, each one job at a time (default 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker for training jobs (one at a time)")

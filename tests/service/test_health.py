@@ -6,6 +6,7 @@ def test_healthz_and_readyz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["workers"]["live"] == 1  # serve's own worker
 
 
 def test_metrics_count_requests_per_route_and_jobs_by_status(client):
