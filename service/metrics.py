@@ -1,4 +1,5 @@
-"""Prometheus metrics: request count and latency per route, and jobs by status read from the registry at scrape time."""
+"""Prometheus metrics: request count and latency per route, images per predict forward pass, and jobs by
+status read from the registry at scrape time."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class Metrics:
                                 registry=self.registry)
         self.latency = Histogram("classcomp_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry)
+        self.predict_batch_size = Histogram(
+            "classcomp_predict_batch_size", "Images per forward pass shared by concurrent predict requests",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=self.registry)
         self.registry.register(JobsCollector())
 
 

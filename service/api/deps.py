@@ -25,7 +25,8 @@ def swept_session(session: SessionDep, settings: SettingsDep) -> Session:
 SweptSessionDep = Annotated[Session, Depends(swept_session)]
 
 
-def model_cache(request: Request) -> ModelCache:
+async def model_cache(request: Request) -> ModelCache:
+    # async: FastAPI runs a plain function dependency in its threadpool, a hand-off for nothing.
     return request.app.state.model_cache
 
 

@@ -5,31 +5,43 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from torch import Tensor
 
 from ml.artifacts import LoadedModel
-from service import inference
-from service.api.deps import ModelCacheDep, SessionDep, get_model_or_404
+from service import inference, registry
+from service.api.deps import ModelCacheDep, get_model_or_404
 from service.errors import ApiError
 from service.inference import Batch, ModelCache, Upload
 from service.schemas import (
-    ERROR_RESPONSES,
     IMAGES_REQUEST_BODY,
+    MODEL_ERROR_RESPONSES,
     EmbedResponse,
     PixelsRequest,
     PredictResponse,
     ReconstructResponse,
 )
 
-router = APIRouter(prefix="/v1/models", tags=["inference"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/models", tags=["inference"], responses=MODEL_ERROR_RESPONSES)
 
-Inputs = list[Upload] | list[list[list[float]]]
+Inputs = list[Upload] | list[Tensor]
+
+
+def parse_pixels(body: bytes) -> list[Tensor]:
+    """A JSON pixel request's images. For the threadpool, in a decode slot: the parsed lists take tens of
+    bytes a pixel, and seconds for a large body."""
+    try:
+        with inference.decode_slots:
+            images = inference.pixel_images(PixelsRequest.model_validate_json(body).pixels)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    inference.release_freed_memory(sum(image.numel() for image in images))
+    return images
 
 
 async def read_inputs(request: Request) -> Inputs:
-    """The images of a request, undecoded (decoding is blocking work for the threadpool)."""
+    """The images of a request: uploads undecoded (decoding is blocking work for the threadpool), pixel arrays parsed."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         async with request.form() as form:
@@ -46,17 +58,21 @@ async def read_inputs(request: Request) -> Inputs:
             raise ApiError(422, "invalid_request", "files: send one or more images in the multipart field `files`")
         return uploads
     if media_type == "application/json":
-        try:
-            return PixelsRequest.model_validate_json(await request.body()).pixels
-        except ValidationError as exc:
-            raise RequestValidationError(exc.errors()) from exc
+        return await run_in_threadpool(parse_pixels, await request.body())
     raise ApiError(415, "unsupported_media_type",
                    "send images as multipart/form-data (field `files`) or pixel arrays as application/json")
 
 
-def load(session: Session, cache: ModelCache, model_id: str, vae_only: bool = False) -> LoadedModel:
-    get_model_or_404(session, model_id)
-    loaded = cache.get(model_id)
+def load(cache: ModelCache, model_id: str, vae_only: bool = False) -> LoadedModel:
+    """For the threadpool. The registry is asked (404 for an unknown id) only for a model that is not
+    cached or whose files changed, so that predict opens no SQL session: a cached model was registered
+    when it loaded, deleting it through this API evicts it, and deleting it through another API process
+    removes its weights file, which the cache's stat of that file notices, and then the registry's 404."""
+    loaded = cache.cached(model_id)
+    if loaded is None:
+        with registry.session_scope() as session:
+            get_model_or_404(session, model_id)
+        loaded = cache.get(model_id)
     if vae_only:
         inference.vae(loaded)
     return loaded
@@ -69,21 +85,30 @@ def to_batch(inputs: Inputs, loaded: LoadedModel) -> Batch:
     return inference.batch_from_pixels(inputs, size)
 
 
+def load_batch(cache: ModelCache, model_id: str, inputs: Inputs) -> tuple[LoadedModel, Batch]:
+    loaded = load(cache, model_id)
+    return loaded, to_batch(inputs, loaded)
+
+
 @router.post(
     "/{model_id}/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
     summary="Labels and class probabilities per image",
+    description="Concurrent requests to one model share forward passes (CLASSCOMP_BATCH_MAX_SIZE, "
+    "CLASSCOMP_BATCH_MAX_DELAY_MS). 413 for images over the pixel budgets (CLASSCOMP_MAX_IMAGE_PIXELS, "
+    "CLASSCOMP_MAX_REQUEST_PIXELS), checked before anything is decoded.",
     openapi_extra=IMAGES_REQUEST_BODY,
 )
-async def predict(model_id: str, request: Request, session: SessionDep, cache: ModelCacheDep) -> dict:
-    loaded = await run_in_threadpool(load, session, cache, model_id)
+async def predict(model_id: str, request: Request, cache: ModelCacheDep) -> dict:
+    # A cached model's request takes two thread hand-offs, decoding in the threadpool and the pass in the
+    # batcher's thread: each costs the event loop time, and on busy cores a wait for the thread to run.
+    if model_id not in cache:
+        await run_in_threadpool(load, cache, model_id)  # so that an unknown id is a 404 before its body is read
     inputs = await read_inputs(request)
-
-    def run() -> list[dict]:
-        return inference.predict(loaded, to_batch(inputs, loaded))
-
-    return {"model_id": model_id, "predictions": await run_in_threadpool(run)}
+    loaded, batch = await run_in_threadpool(load_batch, cache, model_id, inputs)
+    predictions = await request.app.state.predict_batcher.predict(loaded, batch.x)
+    return {"model_id": model_id, "predictions": predictions}
 
 
 @router.post(
@@ -95,8 +120,8 @@ async def predict(model_id: str, request: Request, session: SessionDep, cache: M
     openapi_extra=IMAGES_REQUEST_BODY,
     responses={200: {"content": {"image/png": {}}}},
 )
-async def reconstruct(model_id: str, request: Request, session: SessionDep, cache: ModelCacheDep):
-    loaded = await run_in_threadpool(load, session, cache, model_id, True)
+async def reconstruct(model_id: str, request: Request, cache: ModelCacheDep):
+    loaded = await run_in_threadpool(load, cache, model_id, True)
     inputs = await read_inputs(request)
     as_png = "image/png" in request.headers.get("accept", "") and len(inputs) == 1
 
@@ -116,8 +141,8 @@ async def reconstruct(model_id: str, request: Request, session: SessionDep, cach
     summary="VAE latent mean and log-variance per image",
     openapi_extra=IMAGES_REQUEST_BODY,
 )
-async def embed(model_id: str, request: Request, session: SessionDep, cache: ModelCacheDep) -> dict:
-    loaded = await run_in_threadpool(load, session, cache, model_id, True)
+async def embed(model_id: str, request: Request, cache: ModelCacheDep) -> dict:
+    loaded = await run_in_threadpool(load, cache, model_id, True)
     inputs = await read_inputs(request)
 
     def run() -> list[dict]:
