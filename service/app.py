@@ -7,33 +7,49 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
+from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from service import registry
+from service import auth, queue, registry
 from service.api import figures, health, inference, job_reports, jobs, models, reports
+from service.batching import PredictBatcher
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.inference import ModelCache
 from service.metrics import Metrics, MetricsMiddleware
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
 
-def _sweep(stale_seconds: float) -> None:
+def _sweep(settings: Settings) -> None:
+    stale = settings.job_stale_seconds
     with registry.session_scope() as session:
-        if n := registry.sweep_stale_jobs(session, stale_seconds):
+        if n := registry.sweep_stale_jobs(session, stale):
             logger.warning("failed %d job(s) whose worker stopped sending heartbeats", n)
-
-
-async def _sweep_forever(stale_seconds: float) -> None:
-    """Fail jobs of dead workers even when nobody reads them (job reads also sweep first)."""
-    while True:
-        await asyncio.sleep(stale_seconds / 2)
+    registry.forget_dead_workers(stale)
+    requeued = registry.claim_requeues(settings.requeue_after_seconds, stale)
+    for sent, job_id in enumerate(requeued):
         try:
-            await run_in_threadpool(_sweep, stale_seconds)
+            queue.send_job(job_id)
+        except OperationalError:
+            logger.warning("could not re-send the messages of %d queued job(s): the broker is unreachable; "
+                           "trying again in %g s", len(requeued) - sent, settings.requeue_after_seconds, exc_info=True)
+            return
+        logger.warning("re-sent the message of job %s: queued for over %g s beside an idle worker, so the broker "
+                       "had lost it", job_id, settings.requeue_after_seconds)
+
+
+async def _sweep_forever(settings: Settings) -> None:
+    """Fail jobs of dead workers and re-send lost messages even when nobody reads them (job reads
+    also fail stale jobs first)."""
+    while True:
+        await asyncio.sleep(min(settings.job_stale_seconds, settings.requeue_after_seconds) / 2)
+        try:
+            await run_in_threadpool(_sweep, settings)
         except Exception:
-            logger.exception("the stale-job sweep failed; retrying on the next interval")
+            logger.exception("the sweep failed; retrying on the next interval")
 
 
 def create_app() -> FastAPI:
@@ -43,7 +59,7 @@ def create_app() -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(registry.migrate)
         settings.artifacts.mkdir(parents=True, exist_ok=True)
-        sweeper = asyncio.create_task(_sweep_forever(settings.job_stale_seconds))
+        sweeper = asyncio.create_task(_sweep_forever(settings))
         yield
         sweeper.cancel()
 
@@ -55,8 +71,14 @@ def create_app() -> FastAPI:
     )
     app.state.model_cache = ModelCache(settings.model_cache_size, settings.device)
     app.state.metrics = Metrics()
+    torch.set_num_threads(settings.api_torch_threads)
+    app.state.predict_batcher = PredictBatcher(settings.batch_max_size, settings.batch_max_delay_ms / 1000,
+                                               app.state.metrics.predict_batch_size)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # Outside the body limit: no body is read for a caller without a valid token. Inside the metrics,
+    # which count refusals too. Before the routers: their routes take the role check then.
+    auth.install(app, settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     for router in (jobs.router, job_reports.router, models.router, inference.router, reports.router, figures.router,
                    health.router):

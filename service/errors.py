@@ -7,6 +7,7 @@ over the size limit) and anything unexpected are rewritten into the same shape h
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -23,8 +24,8 @@ logger = logging.getLogger(__name__)
 class ApiError(HTTPException):
     """A client-facing failure. An HTTPException, so FastAPI lets it through from wherever it is raised."""
 
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(status_code=status, detail=message)
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(status_code=status, detail=message, headers=headers)
         self.code = code
         self.message = message
 
@@ -104,6 +105,17 @@ class BodyLimitMiddleware:
         await self.app(scope, receive_within_limit, send)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document gives some operation at this path. Starlette's own 405 names
+    only the methods of the first route that matched, and a path often has several routes."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -121,7 +133,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             message = f"there is no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
-            message = f"{request.url.path} does not accept {request.method}"
+            allowed = allowed_methods(request)
+            message = f"{request.url.path} does not accept {request.method}; it accepts {', '.join(allowed)}"
+            return error_response(405, code, message, {"Allow": ", ".join(allowed)})
         return error_response(exc.status_code, code, message, exc.headers)
 
     @app.exception_handler(Exception)

@@ -88,13 +88,17 @@ JOB_EXAMPLES = {
             "training": {"epochs": 4, "batch_size": 32, "width": 0.25},
         },
     },
+    # An experiment, so that the example runs as it is: a train job's init_from must be the id of a resnet
+    # registered on this deployment, which no example can know.
     "unet-pretrained": {
-        "summary": "a UNet whose encoder starts from a trained resnet",
+        "summary": "a UNet whose encoder starts from the resnet trained just before it",
+        "description": "To start from a resnet already registered, submit instead `kind: train` with "
+        "`model: unet-pretrained`, `init_from` set to that resnet's model id and `training.width` equal to its width.",
         "value": {
-            "kind": "train",
-            "model": "unet-pretrained",
-            "init_from": "3f2c9a7e5b1d4c8f9e0a1b2c3d4e5f60",
-            "dataset": {"image_size": 32},
+            "kind": "experiment",
+            "models": ["resnet", "unet-pretrained"],
+            "conditions": ["vanilla"],
+            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
             "training": {"epochs": 2, "width": 0.125},
         },
     },
@@ -158,12 +162,28 @@ class JobOut(BaseModel):
     progress: Progress
     metrics: list[dict[str, Any]] = Field(description="one record per finished epoch")
     error: str | None
+    error_code: str | None = Field(
+        description="why a failed job failed: the user error's code (e.g. data_missing), internal_error, "
+        "worker_lost or time_limit")
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     model_ids: list[str]
     request: dict[str, Any]
+
+
+class ArtifactStatus(BaseModel):
+    """What this API process last found in a model's weights file (see service/integrity.py)."""
+
+    status: Literal["ok", "corrupt", "missing", "unverified", "unchecked"] = Field(
+        description="ok: the weights hash to the recorded SHA-256; corrupt: they do not, or cannot be read "
+        "(409 artifact_corrupt); missing: the directory or weights file is gone (410 artifact_missing); "
+        "unverified: registered before checksums were recorded, so they cannot be checked; unchecked: not "
+        "hashed since the API started or since the file last changed (listings never hash; GET of the model does)")
+    detail: str
+    checked_at: datetime | None = Field(description="when that was found; null if this API process has not "
+                                       "read the file as it is now")
 
 
 class ModelOut(BaseModel):
@@ -178,6 +198,15 @@ class ModelOut(BaseModel):
     train_seconds: float
     final_metrics: dict[str, Any]
     created_at: datetime
+    weights_sha256: str | None = Field(description="SHA-256 (hex) of the weights file when the model was registered; "
+                                       "null for models registered before checksums were recorded")
+    artifact: ArtifactStatus
+
+    @classmethod
+    def of(cls, model: Any, artifact: ArtifactStatus) -> ModelOut:
+        """A registry row with the status of its files, which the row does not hold."""
+        names = [field.validation_alias or name for name, field in cls.model_fields.items() if name != "artifact"]
+        return cls.model_validate({**{name: getattr(model, name) for name in names}, "artifact": artifact})
 
 
 class ModelMetrics(BaseModel):
@@ -193,14 +222,18 @@ def _rectangular(image: list[list[float]]) -> list[list[float]]:
     return image
 
 
-Pixel = Annotated[float, Field(ge=0.0, le=1.0)]
+# Strict: JSON true/false and strings such as "0.5" are not pixel values (ints still are); finite, since
+# NaN and Infinity, which the JSON parser accepts, are not either.
+Pixel = Annotated[float, Field(ge=0.0, le=1.0, strict=True, allow_inf_nan=False)]
 Image2D = Annotated[list[Annotated[list[Pixel], Field(min_length=1)]], Field(min_length=1), AfterValidator(_rectangular)]
 
 
 class PixelsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pixels: list[Image2D] = Field(min_length=1, description="grayscale images as 2-D arrays in [0, 1], any size")
+    pixels: list[Image2D] = Field(
+        min_length=1, description="grayscale images as 2-D arrays of numbers in [0, 1], any size within the pixel "
+        "limits (CLASSCOMP_MAX_IMAGE_PIXELS per image, CLASSCOMP_MAX_REQUEST_PIXELS in all)")
 
 
 class Prediction(BaseModel):
@@ -242,7 +275,8 @@ IMAGES_REQUEST_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                             "minItems": 1}},
                     "required": ["files"],
                 },
                 "encoding": {"files": {"contentType": "image/png, image/jpeg"}},
@@ -263,6 +297,8 @@ IMAGES_REQUEST_BODY: dict[str, Any] = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 404, 409, 413, 415, 422)
 }
+# Routes that read a model's files: 410 artifact_missing when they are gone (409 covers artifact_corrupt).
+MODEL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 410: {"model": ErrorResponse}}
 
 
 # Reports (service/api/reports.py) and figures (service/api/figures.py)
@@ -340,10 +376,20 @@ class EvaluationReport(BaseModel):
 
 
 FloatVector = Annotated[list[float], Field(min_length=1)]
+# Positive (definite) is the route's check, which names the field: a schema union's errors would not.
+Covariance = float | FloatVector | Annotated[list[FloatVector], Field(min_length=1)]
+
+
+# Scalars alone carry no dimension, and guessing one (1?) would answer a different question than the one
+# meant, so the schema states the rule the route enforces: `dim`, or at least one vector or matrix.
+_DIMENSION_GIVEN = [{"required": ["dim"], "properties": {"dim": {"type": "integer"}}}] + [
+    {"required": [name], "properties": {name: {"type": "array"}}} for name in ("mean0", "mean1", "cov0", "cov1")
+]
 
 
 class BayesRiskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={"examples": [
+    # strict: a JSON true is not the number 1 here
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, json_schema_extra={"anyOf": _DIMENSION_GIVEN, "examples": [
         {"mean0": -1, "mean1": 1, "cov0": 9, "cov1": 9, "dim": 1024},
         {"mean0": [0, 0], "mean1": [1, 1], "cov0": [[1, 0.5], [0.5, 1]], "cov1": [2, 0.5], "prior1": 0.3,
          "n_samples": 200000, "seed": 0},
@@ -351,9 +397,9 @@ class BayesRiskRequest(BaseModel):
 
     mean0: float | FloatVector = Field(description="mean of class 0: a vector, or a scalar repeated on every coordinate")
     mean1: float | FloatVector = Field(description="mean of class 1: a vector, or a scalar repeated on every coordinate")
-    cov0: float | FloatVector | list[FloatVector] = Field(
+    cov0: Covariance = Field(
         description="covariance of class 0: a scalar variance (isotropic), a diagonal, or a full symmetric matrix")
-    cov1: float | FloatVector | list[FloatVector] = Field(
+    cov1: Covariance = Field(
         description="covariance of class 1: a scalar variance (isotropic), a diagonal, or a full symmetric matrix")
     dim: int | None = Field(None, ge=1, description="the dimension; required when every mean and covariance is a scalar")
     prior1: float = Field(0.5, gt=0, lt=1, description="P(Y = 1)")
@@ -361,7 +407,7 @@ class BayesRiskRequest(BaseModel):
         None, ge=100, le=10_000_000,
         description="Monte-Carlo draws when no closed form exists; by default 200000, fewer in high dimension "
         "(n_samples x dimension is capped by CLASSCOMP_BAYES_MAX_SAMPLE_ENTRIES)")
-    seed: int | None = Field(0, ge=0, description="Monte-Carlo seed; null for a fresh one")
+    seed: int | None = Field(0, ge=0, strict=True, description="Monte-Carlo seed; null for a fresh one")
     confidence: float = Field(0.95, gt=0, lt=1, description="level of the Monte-Carlo (Wilson) interval")
     method: Literal["auto", "closed_form", "monte_carlo"] = Field(
         "auto", description="auto: the closed form when the covariances are equal, Monte Carlo otherwise")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from torch import Tensor
@@ -19,10 +20,10 @@ from service import derived, inference
 from service.api.deps import ModelCacheDep, SessionDep, get_model_or_404
 from service.datasets import LazyValidationData, validation_data
 from service.errors import ApiError
-from service.inference import Upload
-from service.schemas import ERROR_RESPONSES
+from service.inference import ModelCache, Upload
+from service.schemas import MODEL_ERROR_RESPONSES
 
-router = APIRouter(prefix="/v1/models", tags=["figures"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/models", tags=["figures"], responses=MODEL_ERROR_RESPONSES)
 
 PNG_RESPONSE = {200: {"content": {"image/png": {}}, "description": "the figure as a PNG image"}}
 FIGURE_NAMES = ", ".join(figures.FIGURES)
@@ -48,6 +49,23 @@ def _png(content: bytes, cache: str | None = None) -> Response:
 
 
 @router.get(
+    "/{model_id}/figures/feature-maps.png",
+    response_class=Response,
+    responses=PNG_RESPONSE,
+    summary="Feature maps (first and last conv layer) of a validation image, as PNG",
+    description="CNNs only (409 `figure_not_applicable` for a VAE). POST an image to the same path for one of your own.",
+)
+def get_feature_maps(
+    model_id: str,
+    session: SessionDep,
+    cache: ModelCacheDep,
+    index: Annotated[int, Query(ge=0, description="the validation image shown")] = 0,
+) -> Response:
+    return figure(model_id, "feature-maps", index, session, cache)
+
+
+# Declared after feature-maps.png, so that path reaches the route above with its `index`.
+@router.get(
     "/{model_id}/figures/{name}.png",
     response_class=Response,
     responses=PNG_RESPONSE,
@@ -55,8 +73,7 @@ def _png(content: bytes, cache: str | None = None) -> Response:
     description=(
         f"`name` is one of {FIGURE_NAMES}. Training curves come from the model's per-epoch history; kernels and "
         "feature maps exist for the CNNs; t-SNE of the latent space, the latent classifiers (K-means labels, SVM "
-        "hyperplane) and reconstructions for the VAEs (409 `figure_not_applicable` otherwise). Feature maps are "
-        "of validation image `index` (default 0); POST an image to the same path for one of your own."
+        "hyperplane) and reconstructions for the VAEs (409 `figure_not_applicable` otherwise)."
     ),
 )
 def get_figure(
@@ -65,13 +82,15 @@ def get_figure(
     cache: ModelCacheDep,
     name: Annotated[str, Path(description=f"one of {FIGURE_NAMES}", examples=["training-curves"],
                               json_schema_extra={"enum": list(figures.FIGURES)})],
-    index: Annotated[int | None, Query(ge=0, description="feature-maps only: the validation image shown")] = None,
 ) -> Response:
+    return figure(model_id, name, 0, session, cache)
+
+
+def figure(model_id: str, name: str, index: int, session: Session, cache: ModelCache) -> Response:
+    """A figure from the derived-file cache, or rendered and cached; feature maps of validation image `index`."""
     get_model_or_404(session, model_id)
     _check_name(name)
-    if index is not None and name != "feature-maps":
-        raise ApiError(422, "invalid_request", "query parameter index: applies only to the feature-maps figure")
-    filename = f"feature-maps-{index or 0}.png" if name == "feature-maps" else f"{name}.png"
+    filename = f"feature-maps-{index}.png" if name == "feature-maps" else f"{name}.png"
     cached = derived.read(model_id, "figures", filename)
     if cached is not None:
         return _png(cached, "hit")

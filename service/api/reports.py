@@ -28,6 +28,7 @@ from service.datasets import validation_data
 from service.errors import ApiError
 from service.schemas import (
     ERROR_RESPONSES,
+    MODEL_ERROR_RESPONSES,
     WASSERSTEIN_REFERENCES,
     EvaluationReport,
     BayesRiskRequest,
@@ -93,6 +94,7 @@ def wasserstein_report(loaded, model_id: str, projections: int, seed: int, norma
 @router.get(
     "/v1/models/{model_id}/reports/wasserstein",
     response_model=WassersteinReport,
+    responses={410: MODEL_ERROR_RESPONSES[410]},
     summary="Sliced Wasserstein-1 between a VAE's validation images and their reconstructions",
     description=(
         "Per class, the sliced W1 distance (paper eq. 1-2) between the validation images of the model's own "
@@ -122,6 +124,7 @@ def get_wasserstein_report(
 @router.get(
     "/v1/models/{model_id}/reports/evaluation",
     response_model=EvaluationReport,
+    responses={410: MODEL_ERROR_RESPONSES[410]},
     summary="Accuracy and confusion matrix on the validation images of another condition",
     description=(
         "The model scored on the validation split of its own digits, image size and seed under `condition`: "

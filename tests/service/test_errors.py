@@ -53,8 +53,12 @@ def test_unknown_model_on_inference_is_404(client, unchanged):
         assert_error(response, 404, "model_not_found")
 
 
-def test_wrong_method_is_405(client, unchanged):
-    assert_error(client.put("/v1/jobs"), 405, "method_not_allowed")
+def test_wrong_method_is_405_naming_every_method_of_the_path(client, unchanged):
+    response = client.put("/v1/jobs")
+    assert_error(response, 405, "method_not_allowed", "GET, POST")
+    assert response.headers["allow"] == "GET, POST"
+    # Two routes share this path (GET and DELETE); Starlette alone would name only the first.
+    assert client.options("/v1/models/0123456789abcdef0123456789abcdef").headers["allow"] == "DELETE, GET"
 
 
 @pytest.mark.parametrize("action", ["reconstruct", "embed"])

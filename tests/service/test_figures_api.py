@@ -72,7 +72,6 @@ def test_feature_maps_of_another_validation_image(client, analysis_models, artif
     assert (artifacts / model_id / "figures" / "feature-maps-5.png").is_file()
     too_far = client.get(figure_url(model_id, "feature-maps"), params={"index": 10**6})
     assert_error(too_far, 422, "invalid_request", "index")
-    assert_error(client.get(figure_url(model_id, "kernels"), params={"index": 1}), 422, "invalid_request", "index")
 
 
 def test_feature_maps_of_an_uploaded_digit(client, analysis_models, mnist_pngs):
