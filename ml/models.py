@@ -257,18 +257,30 @@ class VAESVM(nn.Module):
 class VAEKMeans(nn.Module):
     """A VAE whose latent means are clustered; each cluster carries a class label (`ml.train.fit_kmeans`).
 
-    Centres and the cluster-to-class map are buffers, so they live in the safetensors file with the weights.
+    `spherical` (the convolutional VAE's) clusters directions instead of points: each latent mean is
+    taken relative to `origin`, the coordinate-wise median of the training latents, and scaled to
+    unit length. Under the noisy condition how strongly an image is corrupted moves its latent mean
+    along that radius, and Euclidean K-means then splits the images by corruption rather than by digit.
+
+    Centres, origin and the cluster-to-class map are buffers, so they live in the safetensors file with the weights.
     """
 
-    def __init__(self, vae: nn.Module, latent_dim: int, n_clusters: int):
+    def __init__(self, vae: nn.Module, latent_dim: int, n_clusters: int, spherical: bool = False):
         super().__init__()
         self.vae = vae
+        self.spherical = spherical
         self.register_buffer("centres", torch.zeros(n_clusters, latent_dim))
         self.register_buffer("cluster_labels", torch.zeros(n_clusters, dtype=torch.long))
+        if spherical:
+            self.register_buffer("origin", torch.zeros(latent_dim))
+
+    def features(self, z: Tensor) -> Tensor:
+        """What K-means clusters: the latent means, or for a spherical model their directions from `origin`."""
+        return F.normalize(z - self.origin, dim=1) if self.spherical else z
 
     def assign(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Nearest cluster and the Euclidean distance to its centre, per image."""
-        distances = torch.cdist(self.vae.encode(x)[0].float(), self.centres)
+        """Nearest cluster and the Euclidean distance to its centre (on the unit sphere if spherical), per image."""
+        distances = torch.cdist(self.features(self.vae.encode(x)[0].float()), self.centres)
         distance, cluster = distances.min(dim=1)
         return cluster, distance
 
@@ -292,7 +304,7 @@ def build_model(cfg: RunConfig) -> nn.Module:
     if cfg.model in ("vae-svm", "conv-vae-svm"):
         return VAESVM(vae(t.width, size, t.latent_dim), t.latent_dim)
     if cfg.model in ("vae-kmeans", "conv-vae-kmeans"):
-        return VAEKMeans(vae(t.width, size, t.latent_dim), t.latent_dim, t.n_clusters)
+        return VAEKMeans(vae(t.width, size, t.latent_dim), t.latent_dim, t.n_clusters, spherical=vae is ConvVAE)
     raise ValueError(f"unknown model {cfg.model!r}")
 
 

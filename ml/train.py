@@ -214,15 +214,18 @@ def cluster_labels(clusters: np.ndarray, labels: np.ndarray, n_clusters: int, n_
 
 
 def fit_kmeans(model: VAEKMeans, z_train: Tensor, y_train: Tensor, seed: int) -> None:
-    """K-means on the training latents, its clusters labelled by `cluster_labels`."""
+    """K-means on the training latents (their directions, for a spherical model), its clusters labelled by
+    `cluster_labels`."""
     from sklearn.cluster import KMeans
 
     k = model.centres.shape[0]
     if len(z_train) < k:
         raise UserError(f"K-means needs at least {k} training images for its {k} clusters, got {len(z_train)} "
                         "(after the condition's resampling)", code="too_few_images")
+    if model.spherical:
+        model.origin.copy_(z_train.median(dim=0).values)
     # scikit-learn takes seeds below 2**32; ours go up to 2**63.
-    km = KMeans(n_clusters=k, n_init=10, random_state=seed % 2**32).fit(z_train.cpu().numpy())
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed % 2**32).fit(model.features(z_train).cpu().numpy())
     mapping = cluster_labels(km.labels_, y_train.cpu().numpy(), k, NUM_CLASSES)
     model.centres.copy_(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
     model.cluster_labels.copy_(torch.as_tensor(mapping))
