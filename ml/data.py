@@ -333,6 +333,23 @@ NOISY_STEPS = (
 )
 
 
+def authors_transforms() -> list:
+    """The authors' Compose as they wrote it (their notebook's `custom_transforms`), less their final
+    N(0, 1) noise: torchvision transforms of one image at a time. It is the reference `corrupt` is
+    checked against (tests/ml/test_noise.py) and what benchmarks/gpu.py's authors'-style loop runs."""
+    import torchvision.transforms as T
+
+    return [
+        T.RandomHorizontalFlip(p=0.5),
+        T.RandomVerticalFlip(p=0.5),
+        T.RandomAffine(degrees=30, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10),
+        T.RandomPerspective(distortion_scale=0.5, p=0.5),
+        T.RandomErasing(p=0.5, scale=(0.02, 0.2), ratio=(0.3, 3.3), value=0),
+        T.GaussianBlur(kernel_size=(5, 5), sigma=(0.1, 2.0)),
+        T.RandomAdjustSharpness(sharpness_factor=2, p=0.5),
+    ]
+
+
 def corrupt(x: Tensor, generator: torch.Generator, augment: bool = True) -> Tensor:
     """The paper's `noisy` condition on a batch of [-1, 1] images, on whatever device x is on.
 

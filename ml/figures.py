@@ -407,3 +407,28 @@ def excess_risk_plot(report: dict) -> bytes:
     ax.set_title(f"excess-risk decomposition: {report['n_train']} training images, R_n on {report['n_eval']}")
     ax.legend()
     return _png(fig)
+
+
+# Table 1 beside the paper's (`classcomp reproduce`)
+
+
+def accuracy_bars(table: dict) -> bytes:
+    """Validation accuracy per model, one panel per condition, ours beside the paper's: Table 1 as
+    `ml.experiment.paper_tables` gives it. A missing value leaves its bar out."""
+    models, conditions = table["models"], table["conditions"]
+    fig = Figure(figsize=(max(6.0, 1.2 * len(models)) * len(conditions) / 2 + 1.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, len(conditions), squeeze=False, sharey=True)[0]
+    x = np.arange(len(models))
+    lowest = 100.0
+    for ax, condition in zip(axes, conditions):
+        for offset, which in ((-0.2, "ours"), (0.2, "paper")):
+            values = [table["values"][m][condition][which] for m in models]
+            ax.bar(x + offset, [np.nan if v is None else v for v in values], width=0.4, label=which)
+            lowest = min([lowest] + [v for v in values if v is not None])
+        ax.set_title(condition)
+        ax.set_xticks(x, models, rotation=45, ha="right")
+    axes[0].set_ylabel(table["title"])
+    # Bars from 0 would hide differences of a point near 100%; the noisy VAEs are near chance (50%).
+    axes[0].set_ylim(min(40.0, lowest - 5), 101)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    return _png(fig)

@@ -12,7 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from ml.config import CONDITIONS, MODEL_NAMES, PRESETS, DatasetConfig, RunConfig, TrainingConfig
 
@@ -34,13 +36,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--head-epochs", type=int, default=None, help="the SVM head's epochs (default: --epochs)")
+    p.add_argument("--head-epochs", type=int, default=None, help="the SVM head's epochs (default: the preset's, else --epochs)")
     p.add_argument("--vae-grad-clip", type=float, default=None, help="VAE gradient-norm clip; 0 for none")
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier; 1 is the paper's size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", default=None, help="resnet to start a unet-pretrained encoder from")
     p.add_argument("--finetune-encoder", action="store_true",
                    help="unet-pretrained: train the resnet encoder too (the authors froze it)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="train through torch.compile on CUDA (default: the preset's; the CPU ignores it)")
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -54,7 +58,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             training=TrainingConfig(
                 preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                 head_epochs=args.head_epochs, vae_grad_clip=args.vae_grad_clip, seed=args.seed, width=args.width,
-                finetune_encoder=args.finetune_encoder,
+                finetune_encoder=args.finetune_encoder, compile=args.compile,
             ),
             init_from=args.init_from,
         )
@@ -62,8 +66,21 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         sys.exit(f"classcomp: {exc}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def batch_bar() -> tuple[Any, Callable[[int, int], None]]:
+    """A progress bar of the batches of the current epoch, and the on_batch callback that drives it."""
     from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="batch", leave=False, file=sys.stderr)
+
+    def on_batch(step: int, steps: int) -> None:
+        if step == 1:
+            bar.reset(total=steps)
+        bar.update(1)
+
+    return bar, on_batch
+
+
+def cmd_train(args: argparse.Namespace) -> None:
 
     from ml import artifacts
     from ml.data import MissingDataError, load_dataset
@@ -77,12 +94,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     except MissingDataError as exc:
         sys.exit(f"classcomp: {exc}")
     init_state = artifacts.load_state(cfg.init_from) if cfg.init_from else None
-    bar = tqdm(total=0, unit="batch", leave=False, file=sys.stderr)
-
-    def on_batch(step: int, steps: int) -> None:
-        if step == 1:
-            bar.reset(total=steps)
-        bar.update(1)
+    bar, on_batch = batch_bar()
 
     def on_epoch(record: dict) -> None:
         bar.clear()
@@ -94,6 +106,48 @@ def cmd_train(args: argparse.Namespace) -> None:
     bar.close()
     artifacts.save(result, cfg, args.out)
     print(json.dumps({"out": str(args.out), "train_seconds": round(result.seconds, 3), **result.final}))
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from ml.data import MissingDataError
+    from ml.experiment import preset_grid, report_markdown, reproduce
+    from ml.train import pick_device
+    from service.settings import get_settings
+
+    settings = get_settings()
+    try:
+        grid = preset_grid(
+            args.preset, models=args.models, conditions=args.conditions, image_size=args.image_size, seed=args.seed,
+            width=args.width, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+            head_epochs=args.head_epochs, compile=args.compile,
+        )
+        device = pick_device(args.device or settings.device)
+    except (ValueError, RuntimeError) as exc:
+        sys.exit(f"classcomp: {exc}")
+    out = args.out or f"runs/reproduce-{args.preset}"
+    progress = tqdm(total=grid.total_epochs(), unit="epoch", desc="grid", file=sys.stderr)
+    batches, on_batch = batch_bar()
+
+    def on_epoch(record: dict) -> None:
+        progress.update(1)
+        progress.set_postfix_str(f"cell {record['cell']}/{record['cells']}: {record['model']}, {record['condition']}")
+
+    def on_cell(row: dict, *_) -> None:
+        tqdm.write(json.dumps(row), file=sys.stdout)
+
+    try:
+        report = reproduce(grid, args.data_dir or settings.mnist_dir, out, preset=args.preset,
+                           download=settings.download, device=device, draw=not args.no_figures,
+                           on_epoch=on_epoch, on_batch=on_batch, on_cell=on_cell)
+    except MissingDataError as exc:
+        sys.exit(f"classcomp: {exc}")
+    finally:
+        batches.close()
+        progress.close()
+    print("\n" + report_markdown(report))
+    print(f"wrote {out}/tables.md, tables.json" + ("" if args.no_figures else " and figures/"), file=sys.stderr)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -138,13 +192,31 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def start_worker_process() -> subprocess.Popen:
-    """`classcomp worker` as a child in its own process group (the worker and its pool process)."""
+def start_worker_process(env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`classcomp worker` as a child in its own process group (the worker and its pool process),
+    with `env` added to this process's environment."""
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", "worker"],
+        env={**os.environ, **(env or {})},
         start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
+
+
+def worker_share(index: int, count: int) -> dict[str, str]:
+    """What the index-th of `count` embedded workers may use, so that they share one machine rather
+    than fight over it: an equal share of the cores (each would otherwise start a thread per core),
+    and with several GPUs visible, one of them each, in turn. Settings the user made are kept."""
+    import torch
+
+    share: dict[str, str] = {}
+    if count > 1 and "OMP_NUM_THREADS" not in os.environ:
+        share["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // count))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    if count > 1 and len(gpus) > 1:
+        share["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    return share
 
 
 def _kill_group(worker: subprocess.Popen) -> None:
@@ -185,6 +257,7 @@ RESTART_DELAY_RESET_AFTER = 60.0
 
 @dataclass
 class _Child:
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
     started: float = 0.0
     delay: float = RESTART_DELAY_FIRST
@@ -195,7 +268,7 @@ class _Child:
         moment = time.monotonic()
         if self.process is None:
             if moment >= self.restart_at:
-                self.process, self.started = start_worker_process(), moment
+                self.process, self.started = start_worker_process(self.env), moment
             return
         code = self.process.poll()
         if code is None:
@@ -234,7 +307,7 @@ class WorkerSupervisor:
     POLL_SECONDS = 0.5
 
     def __init__(self, count: int) -> None:
-        self.children = [_Child() for _ in range(count)]
+        self.children = [_Child(worker_share(i, count)) for i in range(count)]
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
         self.thread.start()
@@ -415,6 +488,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="artifact directory to create")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("reproduce", help="train the paper's grid (models x conditions) here and write its Tables 1 "
+                       "and 2 beside the paper's, and figures")
+    p.add_argument("--preset", default="paper", choices=["paper", "fast", "quick"],
+                   help="paper: the paper's settings (64x64, width 1, batch 16); fast: 64x64, width 1, the fast "
+                   "training preset (for a GPU); quick: 32x32, width 0.03125, 2 epochs (minutes on a CPU)")
+    p.add_argument("--out", default=None, help="directory for tables.md, tables.json and figures/ "
+                   "(default: runs/reproduce-PRESET)")
+    p.add_argument("--models", nargs="+", default=None, choices=MODEL_NAMES, help="default: the paper's six")
+    p.add_argument("--conditions", nargs="+", default=None, choices=CONDITIONS, help="default: all three")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: CLASSCOMP_DEVICE, else cuda when available)")
+    p.add_argument("--data-dir", default=None, help="where MNIST/raw/ is (default: CLASSCOMP_DATA_DIR)")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
+    overrides = p.add_argument_group("overrides of the preset")
+    overrides.add_argument("--image-size", type=int, default=None)
+    overrides.add_argument("--width", type=float, default=None)
+    overrides.add_argument("--epochs", type=int, default=None)
+    overrides.add_argument("--batch-size", type=int, default=None)
+    overrides.add_argument("--lr", type=float, default=None)
+    overrides.add_argument("--head-epochs", type=int, default=None)
+    overrides.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    overrides.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("evaluate", help="accuracy and confusion matrix of a model on another condition's "
                        "validation images")
     p.add_argument("model", help="a model directory (from `train --out`), or the id of a model of the service")
@@ -435,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None, help="default: CLASSCOMP_PORT or 8000")
     p.add_argument("--no-worker", action="store_true", help="API only; jobs run on `classcomp worker` processes")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes to run and keep running, each one job at a time (default 1)")
+                   help="worker processes to run and keep running, each one job or experiment cell at a time, "
+                   "sharing the cores and, with several GPUs, one GPU each (default 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker for training jobs (one at a time)")

@@ -1,11 +1,13 @@
-"""The experiment grid as plain data: cell order and how many epochs training it emits."""
+"""The experiment grid as plain data (cell order, how many epochs training it emits), and run here."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ml.config import TrainingConfig
-from ml.experiment import ExperimentConfig, markdown_tables
+from ml.config import DatasetConfig, TrainingConfig
+from ml.experiment import ExperimentConfig, markdown_tables, reproduce
 from ml.train import epochs_of
 
 
@@ -34,3 +36,25 @@ def test_markdown_tables_mark_missing_cells():
     text = markdown_tables([{"model": "vgg", "condition": "vanilla", "val_accuracy": 0.9951, "train_seconds": 12.34},
                             {"model": "resnet", "condition": "noisy", "val_accuracy": None, "train_seconds": 1.0}])
     assert "| vgg | 99.51 | - |" in text and "| resnet | - | - |" in text and "| vgg | 12.3 | - |" in text
+
+
+def test_a_grid_stopped_by_on_epoch_writes_what_it_trained(tmp_path):
+    grid = ExperimentConfig(
+        models=["vgg", "vae-svm"], conditions=["vanilla", "noisy"],
+        dataset=DatasetConfig(name="gaussian", image_size=32, n_train=64, n_val=64),
+        training=TrainingConfig(epochs=1, batch_size=32, head_epochs=2, width=0.03125),
+    )
+    records = []
+
+    def on_epoch(record: dict) -> bool:
+        records.append(record)
+        return record["cell"] == 2 and record["cell_epoch"] == 2  # in the middle of vae-svm's head
+
+    report = reproduce(grid, None, tmp_path, preset="quick", device="cpu", draw=False, on_epoch=on_epoch)
+    assert [(r["cell"], r["model"], r["epoch"], r["epochs"], r["cell_epoch"]) for r in records] == [
+        (1, "vgg", 1, 8, 1), (2, "vae-svm", 2, 8, 1), (2, "vae-svm", 3, 8, 2)]
+    assert [(r["model"], r["condition"]) for r in report["rows"]] == [("vgg", "vanilla")]
+    assert not report["complete"] and report["cells_planned"] == 4
+    assert json.loads((tmp_path / "tables.json").read_text()) == report
+    markdown = (tmp_path / "tables.md").read_text()
+    assert "1 of 4 cells (stopped early" in markdown and "| vgg | " in markdown and "vae-svm" not in markdown

@@ -18,24 +18,12 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
 from ml.data import (
-    NOISY_STEPS, _affine, _blur, _perspective, _sharpen, add_gaussian_noise, corrupt, load_mnist_digits,
-    random_adjust_sharpness, random_affine, random_erasing, random_perspective, select_digits, to_model_input,
+    NOISY_STEPS, _affine, _blur, _perspective, _sharpen, add_gaussian_noise, authors_transforms, corrupt,
+    load_mnist_digits, random_adjust_sharpness, random_affine, random_erasing, random_perspective, select_digits,
+    to_model_input,
 )
 
 N = 1000  # images per statistic: torchvision runs per image, ~1.5 ms each for the whole Compose
-
-
-def authors_steps() -> list:
-    """The authors' Compose (ClassComp/data_utils/loaders.py), less their AddGaussianNoise."""
-    return [
-        T.RandomHorizontalFlip(p=0.5),
-        T.RandomVerticalFlip(p=0.5),
-        T.RandomAffine(degrees=30, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=10),
-        T.RandomPerspective(distortion_scale=0.5, p=0.5),
-        T.RandomErasing(p=0.5, scale=(0.02, 0.2), ratio=(0.3, 3.3), value=0),
-        T.GaussianBlur(kernel_size=(5, 5), sigma=(0.1, 2.0)),
-        T.RandomAdjustSharpness(sharpness_factor=2, p=0.5),
-    ]
 
 
 @contextmanager
@@ -158,7 +146,7 @@ def test_perspective_matches_torchvision_given_the_corners(images):
 @pytest.mark.parametrize("name", ["affine", "perspective"])
 def test_geometric_steps_match_torchvision_statistics(images, name):
     index = {"affine": 2, "perspective": 3}[name]
-    expected = torchvision_per_image(images, [authors_steps()[index]])
+    expected = torchvision_per_image(images, [authors_transforms()[index]])
     got = ours(images, [NOISY_STEPS[index]])
     fill = lambda y: (y == 0).flatten(1).float().mean(1)  # noqa: E731
     assert_same_mean(fill(got), fill(expected), f"{name}: fraction of fill pixels")
@@ -172,7 +160,7 @@ def test_geometric_steps_match_torchvision_statistics(images, name):
 
 def test_erasing_matches_torchvision_statistics(mnist32):
     x = mnist32.x_val[:2000]  # erasing is cheap in torchvision too
-    expected = torchvision_per_image(x, [authors_steps()[4]])
+    expected = torchvision_per_image(x, [authors_transforms()[4]])
     got = ours(x, [random_erasing])
     for y in (got, expected):
         assert ((y != x) <= (y == 0)).all()  # an erased pixel is set to exactly 0
@@ -188,7 +176,7 @@ def test_erasing_matches_torchvision_statistics(mnist32):
 @pytest.mark.parametrize("size", [32, 64])
 def test_full_pipeline_matches_torchvision(images, images64, size):
     x = images if size == 32 else images64
-    expected, got = torchvision_per_image(x, authors_steps()), ours(x, NOISY_STEPS)
+    expected, got = torchvision_per_image(x, authors_transforms()), ours(x, NOISY_STEPS)
     assert_same_mean(got.mean((1, 2, 3)), expected.mean((1, 2, 3)), "mean pixel value")
     # The sharpness clamp lifts the background to 0 in the half of the images it is applied to,
     # and nothing else raises an image's minimum to 0. Old code: mean -0.71, no image lifted.
