@@ -74,7 +74,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def own_service(device: str, inference_threads: int | None) -> Iterator[Service]:
+def own_service(device: str, inference_threads: int | None = None, workers: int = 1) -> Iterator[Service]:
+    """`classcomp serve --workers N` on a free port with a fresh CLASSCOMP_HOME, once all N are live."""
     with tempfile.TemporaryDirectory(prefix="classcomp-bench-") as home:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLASSCOMP_")}
@@ -82,14 +83,16 @@ def own_service(device: str, inference_threads: int | None) -> Iterator[Service]
         if inference_threads:
             env["CLASSCOMP_INFERENCE_THREADS"] = str(inference_threads)
         log = open(Path(home) / "serve.log", "wb")
-        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+                                    "--workers", str(workers)], env=env,
                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 90
             while True:
                 try:
-                    if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    ready = httpx.get(f"{url}/readyz", timeout=5)
+                    if ready.status_code == 200 and ready.json()["workers"]["live"] == workers:
                         break
                 except httpx.TransportError:
                     pass

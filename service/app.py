@@ -25,20 +25,19 @@ logger = logging.getLogger(__name__)
 
 def _sweep(settings: Settings) -> None:
     stale = settings.job_stale_seconds
-    with registry.session_scope() as session:
-        if n := registry.sweep_stale_jobs(session, stale):
-            logger.warning("failed %d job(s) whose worker stopped sending heartbeats", n)
+    if n := registry.sweep_stale_jobs(stale):
+        logger.warning("failed %d job(s) or experiment cell(s) whose worker stopped sending heartbeats", n)
     registry.forget_dead_workers(stale)
     requeued = registry.claim_requeues(settings.requeue_after_seconds, stale)
-    for sent, job_id in enumerate(requeued):
+    for sent, (job_id, cell) in enumerate(requeued):
         try:
-            queue.send_job(job_id)
+            queue.send_job(job_id) if cell is None else queue.send_cell(job_id, cell)
         except OperationalError:
-            logger.warning("could not re-send the messages of %d queued job(s): the broker is unreachable; "
-                           "trying again in %g s", len(requeued) - sent, settings.requeue_after_seconds, exc_info=True)
+            logger.warning("could not re-send %d lost message(s): the broker is unreachable; trying again in %g s",
+                           len(requeued) - sent, settings.requeue_after_seconds, exc_info=True)
             return
-        logger.warning("re-sent the message of job %s: queued for over %g s beside an idle worker, so the broker "
-                       "had lost it", job_id, settings.requeue_after_seconds)
+        logger.warning("re-sent the message of job %s%s: queued for over %g s beside an idle worker, so the broker "
+                       "had lost it", job_id, "" if cell is None else f" cell {cell}", settings.requeue_after_seconds)
 
 
 async def _sweep_forever(settings: Settings) -> None:

@@ -19,14 +19,16 @@ would redeliver the message of every job that trains longer than it, for some id
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Signature, chain, group
 
 from service.settings import Settings, get_settings
 
 RUN_JOB = "classcomp.run_job"
+RUN_CELL = "classcomp.run_cell"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -53,7 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": settings.queue,
-        "task_routes": {RUN_JOB: {"queue": settings.queue}},
+        "task_routes": {RUN_JOB: {"queue": settings.queue}, RUN_CELL: {"queue": settings.queue}},
         # Fail a submission quickly when the broker is down instead of hanging the request.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
     }
@@ -71,13 +73,51 @@ def send_job(job_id: str) -> None:
     """Queue a job's message (the task id is the job id), carrying the API's time limits: the worker
     raises SoftTimeLimitExceeded in the job at the soft one and kills its process at the hard one.
     Raises kombu's OperationalError when the broker is unreachable."""
+    client().send_task(RUN_JOB, args=[job_id], task_id=job_id, **_limits())
+
+
+def _limits() -> dict[str, float]:
     settings = get_settings()
-    client().send_task(RUN_JOB, args=[job_id], task_id=job_id, soft_time_limit=settings.job_soft_time_limit_seconds,
-                       time_limit=settings.job_hard_time_limit_seconds)
+    return {"soft_time_limit": settings.job_soft_time_limit_seconds, "time_limit": settings.job_hard_time_limit_seconds}
 
 
-def revoke(job_id: str) -> None:
-    client().control.revoke(job_id)
+def cell_task_id(job_id: str, position: int) -> str:
+    return f"{job_id}.{position}"
+
+
+def _cell(job_id: str, position: int) -> Signature:
+    # Immutable: in a chain, a cell's task takes its own arguments, not the previous one's return value.
+    return client().signature(RUN_CELL, args=[job_id, position], immutable=True,
+                              task_id=cell_task_id(job_id, position), **_limits())
+
+
+def send_experiment(job_id: str, cells: Sequence[Any]) -> None:
+    """Queue an experiment's cells (ml.experiment's plan: position, after) as one canvas: a group of
+    chains, each cell chained behind the cell it starts from, so every worker can take a cell at once
+    while a unet-pretrained waits for its resnet. Each cell's time limits are the job limits.
+    Raises kombu's OperationalError when the broker is unreachable."""
+    waiting: dict[int, list[int]] = {}
+    for cell in cells:
+        if cell.after is not None:
+            waiting.setdefault(cell.after, []).append(cell.position)
+
+    def chained(position: int) -> Signature:
+        after = [chained(p) for p in waiting.get(position, [])]
+        if not after:
+            return _cell(job_id, position)
+        return chain(_cell(job_id, position), after[0] if len(after) == 1 else group(after))
+
+    group([chained(c.position) for c in cells if c.after is None]).apply_async()
+
+
+def send_cell(job_id: str, position: int) -> None:
+    """Re-send one cell's message (the sweep's, for a message the broker lost); alone, not chained:
+    a cell waiting for it is re-sent on its own once its turn comes."""
+    _cell(job_id, position).apply_async()
+
+
+def revoke(task_ids: Sequence[str]) -> None:
+    client().control.revoke(list(task_ids))
 
 
 def check_broker() -> None:

@@ -5,6 +5,10 @@ stale-job sweep all agree on one record. Every status change is a conditional UP
 (`... WHERE status = 'queued'`), so a cancel, a worker picking the job up and the sweep can race
 without one overwriting another.
 
+An experiment job is a grid of cells, one row each, each trained by its own task on whichever
+worker takes it. Cells report to their job: its progress sums theirs, a cancel reaches all of them,
+and the transaction that ends its last cell ends the job (`_settle`), with the report.
+
 Workers are rows too: each worker process stamps its own while it lives, so whether any worker
 is live, and which are busy, is read here rather than asked of the broker.
 
@@ -18,18 +22,19 @@ from __future__ import annotations
 import enum
 import fcntl
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, delete, event, func, or_, select, update,
+    JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, delete, event, func, or_, select, union, update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from service.settings import get_settings
@@ -100,6 +105,7 @@ class Job(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
 
     models: Mapped[list[Model]] = relationship(back_populates="job", lazy="selectin", order_by="Model.created_at")
+    cells: Mapped[list[Cell]] = relationship(lazy="selectin", order_by="Cell.position", cascade="all, delete-orphan")
 
     @property
     def model_ids(self) -> list[str]:
@@ -109,6 +115,36 @@ class Job(Base):
     def progress(self) -> dict[str, int | None]:
         last = self.metrics[-1] if self.metrics else None
         return {"epoch": last["epoch"] if last else 0, "epochs": last["epochs"] if last else None}
+
+
+class Cell(Base):
+    """One (model, condition) training of an experiment job. `after` is the position of the cell
+    whose model this one starts from (a unet-pretrained's resnet); its task runs once that one succeeded.
+    `result` is the cell's row of the report; `epoch` how many of its `epochs` records it has made."""
+
+    __tablename__ = "cells"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(32))
+    condition: Mapped[str] = mapped_column(String(16))
+    after: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    model_id: Mapped[str | None] = mapped_column(String(32))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    enqueued_at: Mapped[datetime | None]
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} under {self.condition} (cell {self.position})"
 
 
 class Model(Base):
@@ -220,11 +256,17 @@ def migrate() -> None:
 # --- jobs ---------------------------------------------------------------------------------------
 
 
-def create_job(session: Session, kind: str, request: dict[str, Any]) -> Job:
-    """A queued job, its message stamped as sent now: the caller sends it at once, or deletes the job."""
+def create_job(session: Session, kind: str, request: dict[str, Any], cells: Sequence[Any] = ()) -> Job:
+    """A queued job, its messages stamped as sent now: the caller sends them at once, or deletes the job.
+
+    `cells` (an experiment's, as ml.experiment plans them: position, model, condition, after, epochs)
+    become its queued cells, each with its own message; a job with cells has no message of its own.
+    """
     created = now()
     job = Job(id=new_id(), kind=kind, status=JobStatus.queued, request=request, metrics=[], created_at=created,
               enqueued_at=created)
+    job.cells = [Cell(position=c.position, model=c.model, condition=c.condition, after=c.after, epochs=c.epochs,
+                      epoch=0, status=JobStatus.queued, enqueued_at=created) for c in cells]
     session.add(job)
     session.commit()
     return job
@@ -254,6 +296,17 @@ def count_jobs_by_status(session: Session) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
+def _lock_job(session: Session, job_id: str) -> Job | None:
+    """The job's row, locked until the transaction ends, read after the lock is held.
+
+    A no-op UPDATE comes first because it is the one statement that locks on both backends before
+    anything is read: PostgreSQL locks the row, SQLite takes its write lock. Reading first would let
+    two cells' read-modify-writes interleave (in SQLite the second write would even be refused).
+    """
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=Job.heartbeat_at))
+    return session.get(Job, job_id, populate_existing=True)
+
+
 def _transition(session: Session, job_id: str, source: JobStatus, **values: Any) -> bool:
     """Change a job that is in `source` status; False if it was not (someone else moved it first)."""
     result = session.execute(update(Job).where(Job.id == job_id, Job.status == source).values(**values))
@@ -263,38 +316,55 @@ def _transition(session: Session, job_id: str, source: JobStatus, **values: Any)
 def cancel_job(session: Session, job_id: str) -> JobStatus | None:
     """Cancel a queued job now, or flag a running one for its worker to stop after this epoch.
 
-    Returns the status the job had when acted on (None if there is no such job); a finished
-    status means nothing was changed.
+    An experiment's queued cells are cancelled at once and its running ones stop after their epoch;
+    with none running, the job ends now. Returns the status the job had when acted on (None if there
+    is no such job); a finished status means nothing was changed.
     """
-    if _transition(session, job_id, JobStatus.queued, status=JobStatus.cancelled, finished_at=now()):
-        session.commit()
-        return JobStatus.queued
-    if _transition(session, job_id, JobStatus.running, cancel_requested=True):
-        session.commit()
-        return JobStatus.running
-    job = session.get(Job, job_id)
-    return JobStatus(job.status) if job else None
-
-
-def sweep_stale_jobs(session: Session, stale_seconds: float) -> int:
-    """Fail running jobs whose worker stopped sending heartbeats (killed, crashed, machine gone)."""
-    cutoff = now() - timedelta(seconds=stale_seconds)
-    result = session.execute(
-        update(Job)
-        .where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff)
-        .values(
-            status=JobStatus.failed,
-            finished_at=now(),
-            error=f"worker lost: no heartbeat for {stale_seconds:g} seconds",
-            error_code="worker_lost",
-        )
-    )
+    job = _lock_job(session, job_id)
+    if job is None:
+        return None
+    previous = JobStatus(job.status)
+    if previous == JobStatus.queued:
+        job.status, job.finished_at = JobStatus.cancelled, now()
+        for cell in job.cells:
+            cell.status, cell.finished_at = JobStatus.cancelled, job.finished_at
+    elif previous == JobStatus.running:
+        job.cancel_requested = True
+        for cell in job.cells:
+            if cell.status == JobStatus.queued:
+                cell.status, cell.finished_at = JobStatus.cancelled, now()
+        _settle(session, job)
     session.commit()
-    return result.rowcount
+    return previous
 
 
-def claim_requeues(requeue_after: float, stale_seconds: float) -> list[str]:
-    """Queued jobs whose broker message was most likely lost, to be sent again (ids, oldest first).
+def sweep_stale_jobs(stale_seconds: float) -> int:
+    """Fail running jobs, and experiment cells, whose worker stopped sending heartbeats (killed,
+    crashed, machine gone); an experiment ends when its last cell does. Returns how many were failed.
+
+    An experiment's own heartbeat is its cells': between cells, or while they wait for a free
+    worker, nothing stamps it, so only its running cells can be stale."""
+    cutoff = now() - timedelta(seconds=stale_seconds)
+    lost = f"worker lost: no heartbeat for {stale_seconds:g} seconds"
+    with session_scope() as session:
+        jobs = session.execute(
+            update(Job)
+            .where(Job.status == JobStatus.running, Job.heartbeat_at < cutoff, ~Job.cells.any())
+            .values(status=JobStatus.failed, finished_at=now(), error=lost, error_code="worker_lost")
+        ).rowcount
+        stale_cells = session.execute(
+            select(Cell.job_id, Cell.position).where(Cell.status == JobStatus.running, Cell.heartbeat_at < cutoff)
+        ).all()
+    return jobs + sum(
+        finish_cell(job_id, position, JobStatus.failed, error=lost, error_code="worker_lost")
+        for job_id, position in stale_cells
+    )
+
+
+def claim_requeues(requeue_after: float, stale_seconds: float) -> list[tuple[str, int | None]]:
+    """Messages most likely lost by the broker, to be sent again, oldest first: (job id, None) for
+    a queued job's, (job id, position) for an experiment cell's whose turn has come (it waits for
+    no cell, or for one that succeeded).
 
     A job qualifies once its message was sent over `requeue_after` seconds ago while some live
     worker has been idle at least that long: with one message reserved per worker, an idle worker
@@ -305,28 +375,51 @@ def claim_requeues(requeue_after: float, stale_seconds: float) -> list[str]:
     """
     moment = now()
     cutoff = moment - timedelta(seconds=requeue_after)
-    recently_busy = select(Job.worker).where(
-        Job.worker.is_not(None), or_(Job.status == JobStatus.running, Job.finished_at >= cutoff)
-    )
     idle_worker = select(Worker.name).where(
         Worker.seen_at >= moment - timedelta(seconds=stale_seconds),
         Worker.started_at <= cutoff,
-        Worker.name.not_in(recently_busy),
+        Worker.name.not_in(_busy_workers(since=cutoff)),
     )
     sent_at = func.coalesce(Job.enqueued_at, Job.created_at)  # jobs queued before enqueued_at existed have none
     with session_scope() as session:
         if not session.scalar(select(idle_worker.exists())):
             return []
         overdue = session.scalars(
-            select(Job.id).where(Job.status == JobStatus.queued, sent_at < cutoff).order_by(Job.created_at)
+            select(Job.id).where(Job.status == JobStatus.queued, sent_at < cutoff, ~Job.cells.any())
+            .order_by(Job.created_at)
         ).all()
-        return [
-            job_id for job_id in overdue
+        resend: list[tuple[str, int | None]] = [
+            (job_id, None) for job_id in overdue
             if session.execute(
                 update(Job).where(Job.id == job_id, Job.status == JobStatus.queued, sent_at < cutoff)
                 .values(enqueued_at=moment)
             ).rowcount == 1
         ]
+        before = aliased(Cell)
+        turn_came = or_(Cell.after.is_(None), select(before.position).where(
+            before.job_id == Cell.job_id, before.position == Cell.after, before.status == JobStatus.succeeded).exists())
+        cells = session.execute(
+            select(Cell.job_id, Cell.position).join(Job)
+            .where(Cell.status == JobStatus.queued, Cell.enqueued_at < cutoff, turn_came)
+            .order_by(Job.created_at, Cell.position)
+        ).all()
+        return resend + [
+            (job_id, position) for job_id, position in cells
+            if session.execute(
+                update(Cell).where(Cell.job_id == job_id, Cell.position == position, Cell.status == JobStatus.queued,
+                                   Cell.enqueued_at < cutoff).values(enqueued_at=moment)
+            ).rowcount == 1
+        ]
+
+
+def _busy_workers(since: datetime | None = None) -> Any:
+    """The names of workers running a job or a cell (and, given `since`, those that finished one since)."""
+    def busy(status: Any, finished_at: Any) -> Any:
+        return status == JobStatus.running if since is None else or_(status == JobStatus.running, finished_at >= since)
+
+    jobs = select(Job.worker).where(Job.worker.is_not(None), busy(Job.status, Job.finished_at))
+    cells = select(Cell.worker).where(Cell.worker.is_not(None), busy(Cell.status, Cell.finished_at))
+    return union(jobs, cells)
 
 
 def claim_job(job_id: str, worker: str) -> Job | None:
@@ -362,20 +455,6 @@ def finish_job(job_id: str, status: JobStatus, error: str | None = None, error_c
                            finished_at=now())
 
 
-def add_model(job_id: str, model: Model) -> bool:
-    """Register one model of a job that goes on running (an experiment's cell).
-
-    False (and nothing registered) if the job is no longer running. The job's row is updated
-    first, so a concurrent sweep or cancel waits for this transaction or has already won.
-    """
-    with session_scope() as session:
-        if not _transition(session, job_id, JobStatus.running, heartbeat_at=now()):
-            return False
-        model.job_id = job_id
-        session.add(model)
-        return True
-
-
 def succeed_with_report(job_id: str, report: dict[str, Any]) -> bool:
     """Store a job's report and mark it succeeded in one transaction; False (nothing stored) if it
     is no longer running."""
@@ -395,6 +474,130 @@ def succeed_with_model(job_id: str, model: Model) -> bool:
         model.job_id = job_id
         session.add(model)
         return True
+
+
+# --- experiment cells ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedCell:
+    """What a worker needs to train a cell it claimed: the job's request, and the id of the model
+    it starts from (the resnet of `after`), if any."""
+
+    job_id: str
+    position: int
+    model: str
+    condition: str
+    worker: str
+    request: dict[str, Any]
+    init_from: str | None
+
+
+def claim_cell(job_id: str, position: int, worker: str) -> ClaimedCell | None:
+    """Move a queued cell to running for this worker (and its job too, with its first cell); None if
+    the cell is not queued (cancelled, swept, taken, or ended with the cell it starts from) or the
+    cell it starts from has not succeeded yet (a re-sent message can come early).
+
+    The job's row is locked first, as every cell transition does, so cells of one job settle in turn.
+    """
+    with session_scope() as session:
+        job = _lock_job(session, job_id)
+        cell = next((c for c in job.cells if c.position == position), None) if job else None
+        if cell is None or cell.status != JobStatus.queued or job.status not in (JobStatus.queued, JobStatus.running):
+            return None
+        before = next((c for c in job.cells if c.position == cell.after), None)
+        if before is not None and before.status != JobStatus.succeeded:
+            return None
+        started = now()
+        if job.status == JobStatus.queued:
+            job.status, job.started_at = JobStatus.running, started
+        job.heartbeat_at = started
+        cell.status, cell.worker, cell.started_at, cell.heartbeat_at = JobStatus.running, worker, started, started
+        return ClaimedCell(job_id, position, cell.model, cell.condition, worker, job.request,
+                           before.model_id if before is not None else None)
+
+
+def heartbeat_cell(job_id: str, position: int) -> None:
+    with session_scope() as session:
+        stamp = now()
+        session.execute(update(Cell).where(Cell.job_id == job_id, Cell.position == position,
+                                           Cell.status == JobStatus.running).values(heartbeat_at=stamp))
+        session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(heartbeat_at=stamp))
+
+
+def record_cell_epoch(job_id: str, position: int, record: dict[str, Any]) -> bool:
+    """Append a cell's epoch to its job's metrics, counted over the whole grid: `epoch` / `epochs`
+    are the grid's (the sum over cells, so progress only grows however cells interleave), and
+    `cell`, `cells`, `model`, `condition`, `cell_epoch`, `cell_epochs` say which cell and where in it.
+    True if the cell should stop: its job was cancelled, or the cell is no longer running."""
+    with session_scope() as session:
+        job = _lock_job(session, job_id)
+        cell = next(c for c in job.cells if c.position == position)
+        if job.status != JobStatus.running or cell.status != JobStatus.running:
+            return True
+        cell.epoch = record["epoch"]
+        cell.heartbeat_at = job.heartbeat_at = now()
+        grid = {**record, "cell": position, "cells": len(job.cells), "model": cell.model, "condition": cell.condition,
+                "cell_epoch": record["epoch"], "cell_epochs": record["epochs"],
+                "epoch": sum(c.epoch for c in job.cells), "epochs": sum(c.epochs for c in job.cells)}
+        job.metrics = [*job.metrics, grid]
+        return job.cancel_requested
+
+
+def finish_cell(
+    job_id: str, position: int, status: JobStatus, *, model: Model | None = None, result: dict[str, Any] | None = None,
+    error: str | None = None, error_code: str | None = None,
+) -> bool:
+    """End a running cell: succeeded (registering `model`, with `result` its report row), failed or
+    cancelled; the job ends with it if it was the last. False (nothing registered) if the cell was
+    not running: the sweep failed it meanwhile."""
+    with session_scope() as session:
+        job = _lock_job(session, job_id)
+        cell = next((c for c in job.cells if c.position == position), None) if job else None
+        if cell is None or cell.status != JobStatus.running:
+            return False
+        _end_cell(cell, status, error, error_code)
+        if model is not None:
+            model.job_id, cell.model_id, cell.result = job_id, model.id, result
+            session.add(model)
+        _settle(session, job)
+        return True
+
+
+def _end_cell(cell: Cell, status: JobStatus, error: str | None = None, error_code: str | None = None) -> None:
+    cell.status, cell.finished_at, cell.error, cell.error_code = status, now(), error, error_code
+
+
+def _settle(session: Session, job: Job) -> None:
+    """End a running experiment whose cells have all ended: cancelled if a cancel was asked for,
+    failed (naming each failed cell; the others' models stay registered and in the report) if any
+    failed, else succeeded. Queued cells that start from a cell that ended without a model end too."""
+    by_position = {c.position: c for c in job.cells}
+    for cell in job.cells:  # in position order, so a chain of dependencies resolves in one pass
+        before = by_position.get(cell.after)
+        if cell.status == JobStatus.queued and before is not None and before.status in (JobStatus.failed, JobStatus.cancelled):
+            _end_cell(cell, JobStatus(before.status), f"it starts from {before.label}, which {before.status}",
+                      "dependency_failed" if before.status == JobStatus.failed else None)
+    if not job.cells or job.status != JobStatus.running or any(c.status not in FINISHED for c in job.cells):
+        return
+    failed = [c for c in job.cells if c.status == JobStatus.failed]
+    job.finished_at = now()
+    if job.cancel_requested:
+        job.status = JobStatus.cancelled
+        return
+    job.report = {"models": job.request.get("models"), "conditions": job.request.get("conditions"),
+                  "rows": [c.result for c in job.cells if c.status == JobStatus.succeeded],
+                  "failed": [{"cell": c.position, "model": c.model, "condition": c.condition, "error": c.error,
+                              "error_code": c.error_code} for c in failed]}
+    if not failed:
+        job.status = JobStatus.succeeded
+        return
+    codes = {c.error_code for c in failed}
+    kept = sum(c.status == JobStatus.succeeded for c in job.cells)
+    job.status, job.error_code = JobStatus.failed, codes.pop() if len(codes) == 1 else "cells_failed"
+    job.error = (f"{len(failed)} of {len(job.cells)} cells failed: "
+                 + "; ".join(f"{c.label}: {c.error}" for c in failed)
+                 + f"; the {kept} model(s) of the other cells stay registered and in the report")
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -448,7 +651,6 @@ def forget_dead_workers(stale_seconds: float) -> None:
 def worker_counts(session: Session, stale_seconds: float) -> tuple[int, int]:
     """(live, busy): workers seen within `stale_seconds`, and those of them a running job names."""
     live = Worker.seen_at >= now() - timedelta(seconds=stale_seconds)
-    running = select(Job.worker).where(Job.status == JobStatus.running, Job.worker.is_not(None))
     n_live = session.scalar(select(func.count()).select_from(Worker).where(live))
-    n_busy = session.scalar(select(func.count()).select_from(Worker).where(live, Worker.name.in_(running)))
+    n_busy = session.scalar(select(func.count()).select_from(Worker).where(live, Worker.name.in_(_busy_workers())))
     return n_live or 0, n_busy or 0

@@ -153,6 +153,26 @@ class Progress(BaseModel):
     epochs: int | None = Field(description="known once the first unit is done")
 
 
+class CellOut(BaseModel):
+    """One (model, condition) training of an experiment, run by its own task on any worker."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    position: int = Field(description="its place in the grid, from 1 (the `cell` of its metrics records)")
+    model: str
+    condition: str
+    after: int | None = Field(description="the cell whose model it starts from (a unet-pretrained's resnet)")
+    status: JobStatus
+    epoch: int = Field(description="epoch records made so far")
+    epochs: int
+    worker: str | None = Field(description="the worker that trained it (its Celery hostname)")
+    model_id: str | None
+    error: str | None
+    error_code: str | None = Field(description="as the job's; dependency_failed when the cell it starts from failed")
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -164,13 +184,14 @@ class JobOut(BaseModel):
     error: str | None
     error_code: str | None = Field(
         description="why a failed job failed: the user error's code (e.g. data_missing), internal_error, "
-        "worker_lost or time_limit")
+        "worker_lost or time_limit; for an experiment, its failed cells' code, or cells_failed when they differ")
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     model_ids: list[str]
     request: dict[str, Any]
+    cells: list[CellOut] = Field(description="an experiment's cells, in grid order; empty for other jobs")
 
 
 class ArtifactStatus(BaseModel):

@@ -1,57 +1,38 @@
-"""The one task, `run_job`: pick a queued job up, run the handler for its kind, record the outcome.
+"""The tasks: `run_job` picks a queued job up, runs the handler for its kind and records the outcome;
+`run_cell` does the same for one cell of an experiment, whose cells run as tasks of their own.
 
-While a job runs, a heartbeat thread stamps it in the registry; if the process dies, the stamps
-stop and the API's sweep fails the job ("worker lost") instead of leaving it running forever.
+While a job or cell runs, a heartbeat thread stamps it in the registry; if the process dies, the
+stamps stop and the API's sweep fails it ("worker lost") instead of leaving it running forever.
 """
 
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
+from celery import current_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 from celery.utils.log import get_task_logger
+from torch import nn
 
 from ml import artifacts
-from ml.artifacts import json_safe
 from ml.analysis.excess_risk import excess_risk
+from ml.artifacts import json_safe
 from ml.config import RunConfig
 from ml.data import load_dataset
 from ml.errors import UserError
 from ml.evaluation import condition_config, evaluate
-from ml.train import epochs_of, train
+from ml.train import train
 from service import registry, storage
+from service.queue import RUN_CELL, RUN_JOB
 from service.registry import Job, JobStatus
 from service.schemas import ErrorAnalysisJob, ExperimentJob, TrainJob, job_request_adapter
 from service.settings import get_settings
-from service.queue import RUN_JOB
-from workers.app import app
+from workers.app import app, repeating
 
 logger = get_task_logger(__name__)
-
-
-@contextmanager
-def heartbeat(job_id: str, interval: float) -> Iterator[None]:
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                registry.heartbeat(job_id)
-            except Exception:  # a registry hiccup must not kill the job; the next beat may get through
-                logger.warning("heartbeat for job %s failed", job_id, exc_info=True)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def time_limit_error(which: str, seconds: float) -> str:
@@ -65,17 +46,18 @@ def failure(exc: Exception, where: str) -> tuple[str, str]:
     if isinstance(exc, UserError):
         return str(exc), exc.code
     if isinstance(exc, SoftTimeLimitExceeded):
-        _hard, soft = run_job.request.timelimit
+        _hard, soft = current_task.request.timelimit
         return time_limit_error("soft", soft), "time_limit"
     logger.error("%s failed", where, exc_info=exc)
     return f"internal error ({type(exc).__name__}: {exc}); the worker's log has the traceback", "internal_error"
 
 
-def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> registry.Model | None:
+def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> tuple[registry.Model, nn.Module] | None:
     """Train one run, write its artifacts (atomically, under a new model id) and return its registry
-    row, not yet registered; None if `on_epoch` stopped the training (then nothing is written).
+    row, not yet registered, with the trained network; None if `on_epoch` stopped the training (then
+    nothing is written).
 
-    The caller registers the row (registry.succeed_with_model / add_model) and, if that is refused,
+    The caller registers the row (registry.succeed_with_model / finish_cell) and, if that is refused,
     removes the directory with storage.remove(model.id). `cfg.init_from` is a registered model id.
     """
     settings = get_settings()
@@ -92,7 +74,7 @@ def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> registry.Mo
     if result.stopped:
         return None
     model_id = registry.new_id()
-    return model_row(model_id, artifacts.save(result, cfg, storage.model_dir(model_id)))
+    return model_row(model_id, artifacts.save(result, cfg, storage.model_dir(model_id))), result.model
 
 
 def model_row(model_id: str, directory: Path) -> registry.Model:
@@ -113,80 +95,48 @@ def model_row(model_id: str, directory: Path) -> registry.Model:
     )
 
 
-def evaluate_under(model_id: str, cfg: RunConfig, condition: str) -> dict:
-    """A registered model's accuracy and confusion matrix on the validation images of `condition`."""
-    settings = get_settings()
-    loaded = artifacts.load(storage.model_dir(model_id), settings.device)
-    data = load_dataset(condition_config(cfg.dataset, condition), settings.mnist_dir, settings.download)
-    return evaluate(loaded.model, data)
-
-
 def run_train(job: Job) -> None:
     request: TrainJob = job_request_adapter.validate_python(job.request)
 
     def on_epoch(record: dict) -> bool:
         return registry.record_epoch(job.id, json_safe(record))
 
-    model = train_model(request.run_config(), on_epoch)
-    if model is None:
+    trained = train_model(request.run_config(), on_epoch)
+    if trained is None:
         registry.finish_job(job.id, JobStatus.cancelled)
-    elif not registry.succeed_with_model(job.id, model):
+        return
+    model, _ = trained
+    if not registry.succeed_with_model(job.id, model):
         # The job was failed meanwhile (the sweep thought this worker lost): keep no unregistered files.
         storage.remove(model.id)
 
 
-def run_experiment(job: Job) -> None:
-    """Train every (model, condition) cell in `cells()` order, registering each model as it is done.
-
-    Progress counts epochs over the whole grid: a record's `epoch`/`epochs` are the grid's, and it
-    also names its cell (`cell`, `cells`, `model`, `condition`) and the epoch within the cell
-    (`cell_epoch`, `cell_epochs`). A cancel stops at the end of the current epoch; a cell that fails
-    fails the job with that cell's error. Either way the models of finished cells stay registered
-    (they are whole models, listed in the job's model_ids); the unfinished cell leaves nothing.
-    Each unet-pretrained starts from the resnet trained just before it under the same condition.
-    """
-    request: ExperimentJob = job_request_adapter.validate_python(job.request)
+def run_experiment_cell(cell: registry.ClaimedCell) -> None:
+    """Train one cell of an experiment and register its model with its row of the report. A cancel
+    stops it at the end of the current epoch, leaving nothing. Its job ends with its last cell
+    (registry.finish_cell), so no task waits for the others."""
+    request: ExperimentJob = job_request_adapter.validate_python(cell.request)
     experiment = request.experiment_config()
-    cells = experiment.cells()
-    total = experiment.total_epochs()
-    done = 0  # epochs of the cells already trained
-    resnets: dict[str, str] = {}  # condition -> the id of its resnet
-    rows: list[dict] = []
-    for index, (name, condition) in enumerate(cells, start=1):
-        cfg = experiment.run_config(name, condition, init_from=resnets.get(condition) if name == "unet-pretrained" else None)
-        where = {"cell": index, "cells": len(cells), "model": name, "condition": condition}
+    cfg = experiment.run_config(cell.model, cell.condition, init_from=cell.init_from)
 
-        def on_epoch(record: dict, offset: int = done, where: dict = where) -> bool:
-            grid = {**record, **where, "epoch": offset + record["epoch"], "epochs": total,
-                    "cell_epoch": record["epoch"], "cell_epochs": record["epochs"]}
-            return registry.record_epoch(job.id, json_safe(grid))
+    def on_epoch(record: dict) -> bool:
+        return registry.record_cell_epoch(cell.job_id, cell.position, json_safe(record))
 
-        try:
-            model = train_model(cfg, on_epoch)
-        except Exception as exc:
-            error, code = failure(exc, f"job {job.id}: cell {name} under {condition}")
-            kept = f"; the {len(rows)} model(s) of earlier cells stay registered" if rows else ""
-            registry.finish_job(job.id, JobStatus.failed,
-                                f"{name} under {condition} (cell {index} of {len(cells)}): {error}{kept}", code)
-            return
-        if model is None:
-            registry.finish_job(job.id, JobStatus.cancelled)
-            return
-        if not registry.add_model(job.id, model):
-            storage.remove(model.id)  # the job was failed meanwhile (the sweep thought this worker lost)
-            return
-        if name == "resnet":
-            resnets[condition] = model.id
-        done += epochs_of(name, experiment.training)
-        row = {"model": name, "condition": condition, "model_id": model.id,
-               "val_accuracy": model.final_metrics.get("val_accuracy"),
-               "train_seconds": model.train_seconds, "parameter_count": model.parameter_count}
-        if condition == "vanilla" and "noisy" in experiment.conditions:
-            # The paper's bracketed Table 1 values: trained clean, tested on the noisy validation images.
-            row["noisy_val_accuracy"] = evaluate_under(model.id, cfg, "noisy")["accuracy"]
-        rows.append(row)
-    report = {"models": experiment.models, "conditions": experiment.conditions, "rows": rows}
-    registry.succeed_with_report(job.id, json_safe(report))
+    trained = train_model(cfg, on_epoch)
+    if trained is None:
+        registry.finish_cell(cell.job_id, cell.position, JobStatus.cancelled)
+        return
+    model, network = trained
+    row = {"model": cell.model, "condition": cell.condition, "model_id": model.id,
+           "val_accuracy": model.final_metrics.get("val_accuracy"), "train_seconds": model.train_seconds,
+           "parameter_count": model.parameter_count, "worker": cell.worker}
+    if cell.condition == "vanilla" and "noisy" in experiment.conditions:
+        # The paper's bracketed Table 1 values: trained clean, tested on the noisy validation images.
+        settings = get_settings()
+        noisy = load_dataset(condition_config(cfg.dataset, "noisy"), settings.mnist_dir, settings.download)
+        row["noisy_val_accuracy"] = evaluate(network, noisy)["accuracy"]
+    if not registry.finish_cell(cell.job_id, cell.position, JobStatus.succeeded, model=model, result=json_safe(row)):
+        storage.remove(model.id)  # the sweep failed the cell meanwhile (it thought this worker lost)
 
 
 def run_error_analysis(job: Job) -> None:
@@ -209,29 +159,55 @@ def run_error_analysis(job: Job) -> None:
     registry.succeed_with_report(job.id, json_safe(report))
 
 
+# An experiment's cells run as RUN_CELL tasks of their own; its job has no RUN_JOB message.
 HANDLERS: dict[str, Callable[[Job], None]] = {
     "train": run_train,
-    "experiment": run_experiment,
     "error-analysis": run_error_analysis,
 }
 
 
+def _hostname() -> str:
+    return current_task.request.hostname or socket.gethostname()
+
+
 @app.task(name=RUN_JOB)
 def run_job(job_id: str) -> None:
-    job = registry.claim_job(job_id, worker=run_job.request.hostname or socket.gethostname())
+    job = registry.claim_job(job_id, worker=_hostname())
     if job is None:
         logger.info("skipping job %s: it is no longer queued", job_id)
         return
-    with heartbeat(job_id, get_settings().heartbeat_seconds):
+    with repeating(lambda: registry.heartbeat(job_id), get_settings().heartbeat_seconds, f"heartbeat-{job_id}"):
         try:
             HANDLERS[job.kind](job)
         except Exception as exc:
             registry.finish_job(job_id, JobStatus.failed, *failure(exc, f"job {job_id}"))
 
 
+@app.task(name=RUN_CELL)
+def run_cell(job_id: str, position: int) -> None:
+    cell = registry.claim_cell(job_id, position, worker=_hostname())
+    if cell is None:
+        logger.info("skipping cell %d of job %s: it is no longer queued, or waits for another", position, job_id)
+        return
+    beat = lambda: registry.heartbeat_cell(job_id, position)  # noqa: E731
+    with repeating(beat, get_settings().heartbeat_seconds, f"heartbeat-{job_id}.{position}"):
+        try:
+            run_experiment_cell(cell)
+        except Exception as exc:
+            error, code = failure(exc, f"job {job_id}: cell {position} ({cell.model} under {cell.condition})")
+            registry.finish_cell(job_id, position, JobStatus.failed, error=error, error_code=code)
+
+
 @task_failure.connect
-def _killed_at_hard_time_limit(sender: object, task_id: str, exception: BaseException, **_: object) -> None:
+def _killed_at_hard_time_limit(
+    sender: object, task_id: str, exception: BaseException, args: list | None = None, **_: object
+) -> None:
     """At the hard time limit Celery kills the process running the job, which therefore records nothing;
-    this runs in the worker's main process instead (the task id is the job id)."""
-    if getattr(sender, "name", None) == RUN_JOB and isinstance(exception, TimeLimitExceeded):
-        registry.finish_job(task_id, JobStatus.failed, time_limit_error("hard", float(exception.args[0])), "time_limit")
+    this runs in the worker's main process instead (a job's task id is the job id; a cell's args name it)."""
+    if not isinstance(exception, TimeLimitExceeded):
+        return
+    error = time_limit_error("hard", float(exception.args[0]))
+    if getattr(sender, "name", None) == RUN_JOB:
+        registry.finish_job(task_id, JobStatus.failed, error, "time_limit")
+    elif getattr(sender, "name", None) == RUN_CELL and args:
+        registry.finish_cell(args[0], args[1], JobStatus.failed, error=error, error_code="time_limit")

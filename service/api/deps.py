@@ -18,7 +18,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def swept_session(session: SessionDep, settings: SettingsDep) -> Session:
     """A session in which jobs whose worker died already read as failed, not as running."""
-    registry.sweep_stale_jobs(session, settings.job_stale_seconds)
+    registry.sweep_stale_jobs(settings.job_stale_seconds)
     return session
 
 

@@ -1,7 +1,8 @@
 """GET /v1/jobs/{id}/report: the report of a succeeded experiment or error-analysis job.
 
 The worker stores the report as JSON on the job row, in the transaction that marks the job
-succeeded (registry.succeed_with_report); here it is rendered as JSON (the default), Markdown, or,
+succeeded (registry.succeed_with_report, or for an experiment the one that ends its last cell,
+which also reports a failed experiment's other cells); here it is rendered as JSON (the default), Markdown, or,
 for an error analysis, the PNG plot of EE and AE against parameter count. The format is chosen by
 `?format=json|md|png`, else by the Accept header.
 """
@@ -102,7 +103,7 @@ def _status_text(job: registry.Job) -> str:
         return f"is running{done}; its report exists once it has succeeded"
     if job.status == JobStatus.queued:
         return "is queued; its report exists once it has succeeded"
-    return f"has {job.status}; only a succeeded job has a report"
+    return f"has {job.status}; only a succeeded job, or an experiment some of whose cells failed, has a report"
 
 
 @router.get(
@@ -111,7 +112,8 @@ def _status_text(job: registry.Job) -> str:
     description="JSON by default; Markdown (the experiment's accuracy and time tables, or the error "
     "analysis's EE/AE table and Bayes risk) with `?format=md` or `Accept: text/markdown`; for an error "
     "analysis, a PNG plot of EE and AE against parameter count (log scale) with `?format=png` or "
-    "`Accept: image/png`. `format` wins over Accept. 409 until the job has succeeded, for a train job "
+    "`Accept: image/png`. `format` wins over Accept. An experiment some of whose cells failed reports the "
+    "others and lists the failed ones (`failed`). 409 until the job has succeeded, for a train job "
     "(its result is a model: see /v1/models/{id}) and for a PNG of an experiment.",
     responses={200: {"content": {"application/json": {}, "text/markdown": {}, "image/png": {}}}},
 )
@@ -126,11 +128,10 @@ def get_report(
         models = " ".join(f"/v1/models/{model_id}" for model_id in job.model_ids)
         where = f": its result is a model, at {models}" if models else ": its result is a model, at /v1/models/{id}"
         raise ApiError(409, "no_report", f"job {job_id} is a {job.kind} job, which has no report{where}")
-    if job.status != JobStatus.succeeded:
+    # A failed experiment reports the cells that succeeded and names those that failed.
+    report = job.report if job.status in (JobStatus.succeeded, JobStatus.failed) else None
+    if report is None:
         raise ApiError(409, "report_not_ready", f"job {job_id} {_status_text(job)}")
-    report = job.report
-    if report is None:  # not possible for a job the worker succeeded, which stores its report with its status
-        raise ApiError(404, "report_not_found", f"job {job_id} has no stored report")
     fmt = format_ or negotiate(accept)
     headers = {"Vary": "Accept"}
     if fmt == "md":

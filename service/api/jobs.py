@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from ml.config import RunConfig
 from service import admission, queue, registry
 from service.api.deps import SessionDep, SettingsDep, SweptSessionDep, get_job_or_404
-from service.errors import ApiError, not_found
+from service.errors import ApiError
 from service.registry import FINISHED, JobStatus
 from service.schemas import (
     ERROR_RESPONSES, JOB_EXAMPLES, ErrorAnalysisJob, ErrorResponse, ExperimentJob, JobOut, JobRequest, Page, TrainJob,
@@ -62,9 +62,13 @@ def submit_job(
     response: Response,
 ) -> registry.Job:
     check_job(session, body, settings)
-    job = registry.create_job(session, body.kind, dataclasses.asdict(body))
+    cells = body.experiment_config().plan() if isinstance(body, ExperimentJob) else []
+    job = registry.create_job(session, body.kind, dataclasses.asdict(body), cells)
     try:
-        queue.send_job(job.id)
+        if cells:
+            queue.send_experiment(job.id, cells)
+        else:
+            queue.send_job(job.id)
     except OperationalError as exc:
         registry.delete_job(session, job)
         raise ApiError(503, "broker_unavailable", f"the job could not be queued: the broker is unreachable ({exc})") from exc
@@ -93,20 +97,22 @@ def get_job(job_id: str, session: SweptSessionDep) -> registry.Job:
     response_model=JobOut,
     summary="Cancel a job",
     description="A queued job is cancelled at once (200). A running one is asked to stop and ends "
-    "`cancelled` within one epoch (202). A finished job cannot be cancelled (409).",
+    "`cancelled` within one epoch (202); an experiment's queued cells are cancelled at once, and with none "
+    "running it ends at once (200). A finished job cannot be cancelled (409).",
     responses={202: {"model": JobOut}},
 )
 def cancel_job(job_id: str, session: SweptSessionDep, response: Response) -> registry.Job:
+    queued_cells = [c.position for c in get_job_or_404(session, job_id).cells if c.status == JobStatus.queued]
     previous = registry.cancel_job(session, job_id)
-    if previous is None:
-        raise not_found("job", job_id)
     if previous in FINISHED:
         raise ApiError(409, "job_finished", f"job {job_id} has already {previous}; only queued or running jobs can be cancelled")
-    if previous == JobStatus.queued:
+    messages = [queue.cell_task_id(job_id, p) for p in queued_cells] or ([job_id] if previous == JobStatus.queued else [])
+    if messages:
         try:
-            queue.revoke(job_id)
-        except Exception:  # the worker skips a cancelled job anyway; revoking only saves it the look-up
-            logger.warning("could not revoke the message of job %s", job_id, exc_info=True)
-    else:
+            queue.revoke(messages)
+        except Exception:  # workers skip what is no longer queued anyway; revoking only saves them the look-up
+            logger.warning("could not revoke the messages of job %s", job_id, exc_info=True)
+    job = registry.get_job(session, job_id)
+    if job.status not in FINISHED:
         response.status_code = 202
-    return registry.get_job(session, job_id)
+    return job
