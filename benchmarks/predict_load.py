@@ -78,7 +78,8 @@ def own_service(device: str, inference_threads: int | None = None, workers: int 
     """`classcomp serve --workers N` on a free port with a fresh CLASSCOMP_HOME, once all N are live."""
     with tempfile.TemporaryDirectory(prefix="classcomp-bench-") as home:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CLASSCOMP_")}
+        # None of the caller's settings but where MNIST is.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLASSCOMP_") or k == "CLASSCOMP_DATA_DIR"}
         env.update(CLASSCOMP_HOME=home, CLASSCOMP_DEVICE=device)
         if inference_threads:
             env["CLASSCOMP_INFERENCE_THREADS"] = str(inference_threads)
