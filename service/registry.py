@@ -595,8 +595,11 @@ def _settle(session: Session, job: Job) -> None:
     codes = {c.error_code for c in failed}
     kept = sum(c.status == JobStatus.succeeded for c in job.cells)
     job.status, job.error_code = JobStatus.failed, codes.pop() if len(codes) == 1 else "cells_failed"
+    cells_by_error: dict[str | None, list[str]] = {}  # cells that failed alike are named once, together
+    for c in failed:
+        cells_by_error.setdefault(c.error, []).append(c.label)
     job.error = (f"{len(failed)} of {len(job.cells)} cells failed: "
-                 + "; ".join(f"{c.label}: {c.error}" for c in failed)
+                 + "; ".join(f"{', '.join(labels)}: {error}" for error, labels in cells_by_error.items())
                  + f"; the {kept} model(s) of the other cells stay registered and in the report")
 
 
