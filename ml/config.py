@@ -173,7 +173,7 @@ class TrainingConfig:
     `epochs`, `batch_size`, `learning_rate`, `vae_grad_clip` (0: no clipping) and `compile` default to
     the values of `preset`; `head_epochs` (the SVM head's) defaults to the preset's or to `epochs`, as
     the authors had it. Any of them given explicitly overrides the preset. `compile` runs training
-    through `torch.compile` on CUDA (the CPU ignores it: compiling costs more than it saves there). `finetune_encoder` lets a unet-pretrained
+    through `torch.compile` on CUDA (the CPU ignores it). `finetune_encoder` lets a unet-pretrained
     train the encoder it starts from, which the authors kept frozen (other models ignore it).
     """
 

@@ -16,9 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ml.errors import UserError
-
 from ml.config import DatasetConfig
+from ml.errors import UserError
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",

@@ -193,6 +193,25 @@ def preset_grid(name: str, *, models: list[str] | None = None, conditions: list[
 CellCallback = Callable[[dict, TrainResult, Dataset], None]
 
 
+def grid_record(record: dict, cell: int, cells: int, model: str, condition: str, epoch: int, epochs: int) -> dict:
+    """A cell's epoch record as the grid's: `epoch` / `epochs` count the whole grid, `cell`, `cells`,
+    `model`, `condition` name the cell, and `cell_epoch` / `cell_epochs` keep where in it."""
+    return {**record, "cell": cell, "cells": cells, "model": model, "condition": condition,
+            "cell_epoch": record["epoch"], "cell_epochs": record["epochs"], "epoch": epoch, "epochs": epochs}
+
+
+def cell_row(grid: ExperimentConfig, model: str, condition: str, result: TrainResult,
+             noisy: Callable[[], Dataset]) -> dict:
+    """A trained cell's row of the report: model, condition, val_accuracy, train_seconds and
+    parameter_count, and for a vanilla cell of a grid with `noisy`, noisy_val_accuracy: the model
+    tested on the noisy validation images (`noisy()` loads them), Table 1's brackets."""
+    row = {"model": model, "condition": condition, "val_accuracy": result.final.get("val_accuracy"),
+           "train_seconds": result.seconds, "parameter_count": parameter_count(result.model)}
+    if condition == "vanilla" and "noisy" in grid.conditions:
+        row["noisy_val_accuracy"] = evaluate(result.model, noisy())["accuracy"]
+    return row
+
+
 def run_grid(
     grid: ExperimentConfig,
     data_dir: str | Path | None,
@@ -203,13 +222,9 @@ def run_grid(
     on_batch: BatchCallback | None = None,
     on_cell: CellCallback | None = None,
 ) -> list[dict]:
-    """Train the cells of `grid` here, in `cells()` order, and return one row per cell trained.
-
-    A row holds model, condition, val_accuracy, train_seconds and parameter_count, and for a vanilla
-    cell of a grid with `noisy`, noisy_val_accuracy: the model tested on the noisy validation images,
-    Table 1's brackets. Each unet-pretrained starts from its condition's resnet, as in a job.
-    `on_epoch` gets each epoch's record with the cell named as a job records it (cell, cells, model,
-    condition; epoch and epochs count the whole grid, cell_epoch and cell_epochs the cell); if it
+    """Train the cells of `grid` here, in `cells()` order, and return one row per cell trained
+    (`cell_row`). Each unet-pretrained starts from its condition's resnet, as in a job.
+    `on_epoch` gets each epoch's record as a job records it (`grid_record`); if it
     returns True the grid stops at the end of that epoch, and the unfinished cell gives no row.
     `on_cell(row, result, data)` follows each cell, with its trained model and data.
     """
@@ -231,11 +246,10 @@ def run_grid(
         loaded = {c: d for c, d in loaded.items() if c in (condition, "noisy")}
         init_from = f"the {condition} resnet" if name == "unet-pretrained" else None
         cfg = grid.run_config(name, condition, init_from=init_from)
-        where = {"cell": index, "cells": len(cells), "model": name, "condition": condition}
 
-        def cell_epoch(record: dict, offset: int = done, where: dict = where) -> bool | None:
-            return on_epoch({**record, **where, "epoch": offset + record["epoch"], "epochs": total,
-                             "cell_epoch": record["epoch"], "cell_epochs": record["epochs"]})
+        def cell_epoch(record: dict, index: int = index, name: str = name, condition: str = condition,
+                       offset: int = done) -> bool | None:
+            return on_epoch(grid_record(record, index, len(cells), name, condition, offset + record["epoch"], total))
 
         result = train(cfg, dataset(condition), device=device, init_state=resnets.get(condition) if init_from else None,
                        on_epoch=cell_epoch if on_epoch else None, on_batch=on_batch)
@@ -244,10 +258,7 @@ def run_grid(
         if name == "resnet":
             resnets[condition] = result.model.state_dict()
         done += epochs_of(name, grid.training)
-        row = {"model": name, "condition": condition, "val_accuracy": result.final.get("val_accuracy"),
-               "train_seconds": result.seconds, "parameter_count": parameter_count(result.model)}
-        if condition == "vanilla" and "noisy" in grid.conditions:
-            row["noisy_val_accuracy"] = evaluate(result.model, dataset("noisy"))["accuracy"]
+        row = cell_row(grid, name, condition, result, lambda: dataset("noisy"))
         rows.append(row)
         if on_cell:
             on_cell(row, result, dataset(condition))

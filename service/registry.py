@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from ml.experiment import grid_record
 from service.settings import get_settings
 
 # Any constant unique to this application: the key of the PostgreSQL advisory lock around migrations.
@@ -526,9 +527,8 @@ def heartbeat_cell(job_id: str, position: int) -> None:
 
 
 def record_cell_epoch(job_id: str, position: int, record: dict[str, Any]) -> bool:
-    """Append a cell's epoch to its job's metrics, counted over the whole grid: `epoch` / `epochs`
-    are the grid's (the sum over cells, so progress only grows however cells interleave), and
-    `cell`, `cells`, `model`, `condition`, `cell_epoch`, `cell_epochs` say which cell and where in it.
+    """Append a cell's epoch to its job's metrics as the grid's (`ml.experiment.grid_record`), its
+    `epoch` / `epochs` the sums over cells, so progress only grows however cells interleave.
     True if the cell should stop: its job was cancelled, or the cell is no longer running."""
     with session_scope() as session:
         job = _lock_job(session, job_id)
@@ -537,9 +537,8 @@ def record_cell_epoch(job_id: str, position: int, record: dict[str, Any]) -> boo
             return True
         cell.epoch = record["epoch"]
         cell.heartbeat_at = job.heartbeat_at = now()
-        grid = {**record, "cell": position, "cells": len(job.cells), "model": cell.model, "condition": cell.condition,
-                "cell_epoch": record["epoch"], "cell_epochs": record["epochs"],
-                "epoch": sum(c.epoch for c in job.cells), "epochs": sum(c.epochs for c in job.cells)}
+        grid = grid_record(record, position, len(job.cells), cell.model, cell.condition,
+                           sum(c.epoch for c in job.cells), sum(c.epochs for c in job.cells))
         job.metrics = [*job.metrics, grid]
         return job.cancel_requested
 

@@ -15,16 +15,16 @@ from celery import current_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_failure
 from celery.utils.log import get_task_logger
-from torch import nn
 
 from ml import artifacts
 from ml.analysis.excess_risk import excess_risk
 from ml.artifacts import json_safe
 from ml.config import RunConfig
-from ml.data import load_dataset
+from ml.data import Dataset, load_dataset
 from ml.errors import UserError
-from ml.evaluation import condition_config, evaluate
-from ml.train import train
+from ml.evaluation import condition_config
+from ml.experiment import cell_row
+from ml.train import TrainResult, train
 from service import registry, storage
 from service.queue import RUN_CELL, RUN_JOB
 from service.registry import Job, JobStatus
@@ -52,9 +52,9 @@ def failure(exc: Exception, where: str) -> tuple[str, str]:
     return f"internal error ({type(exc).__name__}: {exc}); the worker's log has the traceback", "internal_error"
 
 
-def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> tuple[registry.Model, nn.Module] | None:
+def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> tuple[registry.Model, TrainResult] | None:
     """Train one run, write its artifacts (atomically, under a new model id) and return its registry
-    row, not yet registered, with the trained network; None if `on_epoch` stopped the training (then
+    row, not yet registered, with the training's result; None if `on_epoch` stopped the training (then
     nothing is written).
 
     The caller registers the row (registry.succeed_with_model / finish_cell) and, if that is refused,
@@ -74,7 +74,7 @@ def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> tuple[regis
     if result.stopped:
         return None
     model_id = registry.new_id()
-    return model_row(model_id, artifacts.save(result, cfg, storage.model_dir(model_id))), result.model
+    return model_row(model_id, artifacts.save(result, cfg, storage.model_dir(model_id))), result
 
 
 def model_row(model_id: str, directory: Path) -> registry.Model:
@@ -126,15 +126,12 @@ def run_experiment_cell(cell: registry.ClaimedCell) -> None:
     if trained is None:
         registry.finish_cell(cell.job_id, cell.position, JobStatus.cancelled)
         return
-    model, network = trained
-    row = {"model": cell.model, "condition": cell.condition, "model_id": model.id,
-           "val_accuracy": model.final_metrics.get("val_accuracy"), "train_seconds": model.train_seconds,
-           "parameter_count": model.parameter_count, "worker": cell.worker}
-    if cell.condition == "vanilla" and "noisy" in experiment.conditions:
-        # The paper's bracketed Table 1 values: trained clean, tested on the noisy validation images.
+    model, result = trained
+    def noisy() -> Dataset:
         settings = get_settings()
-        noisy = load_dataset(condition_config(cfg.dataset, "noisy"), settings.mnist_dir, settings.download)
-        row["noisy_val_accuracy"] = evaluate(network, noisy)["accuracy"]
+        return load_dataset(condition_config(cfg.dataset, "noisy"), settings.mnist_dir, settings.download)
+
+    row = {**cell_row(experiment, cell.model, cell.condition, result, noisy), "model_id": model.id, "worker": cell.worker}
     if not registry.finish_cell(cell.job_id, cell.position, JobStatus.succeeded, model=model, result=json_safe(row)):
         storage.remove(model.id)  # the sweep failed the cell meanwhile (it thought this worker lost)
 
