@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     body = {"kind": "experiment", "models": args.models, "conditions": args.conditions,
-            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+            "dataset": {"name": "mnist", "classes": [0, 1], "image_size": 32},
             "training": {"epochs": args.epochs, "width": args.width, "batch_size": 128}}
     print(f"{os.cpu_count()} CPUs; {len(args.models) * len(args.conditions)} cells: {', '.join(args.models)} "
           f"under {', '.join(args.conditions)}, width {args.width}, {args.epochs} epoch(s)")

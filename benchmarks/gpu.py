@@ -109,8 +109,8 @@ def time_our_epoch(model: str, data: Dataset, condition: str, batch: int, setup:
     n = len(data.x_train)
     steps = min(setup.warmup + setup.steps, n // batch)  # whole batches only: a last short one is another shape
     warmup = min(setup.warmup, steps - 1)
-    subset = Dataset(data.x_train[: steps * batch], data.y_train[: steps * batch], data.x_val[:VAL_IMAGES],
-                     data.y_val[:VAL_IMAGES], data.classes, data.noisy)
+    subset = replace(data, x_train=data.x_train[: steps * batch], y_train=data.y_train[: steps * batch],
+                     x_val=data.x_val[:VAL_IMAGES], y_val=data.y_val[:VAL_IMAGES])
     cfg = run_config(model, condition, setup, epochs=1, batch_size=batch, head_epochs=0, compile=compile)
     marks: dict[int, float] = {}
 

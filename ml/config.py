@@ -18,14 +18,18 @@ from typing import Annotated, Any, Literal
 ModelName = Literal[
     "vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans", "conv-vae-svm", "conv-vae-kmeans"
 ]
-DatasetName = Literal["mnist", "gaussian"]
+DatasetName = Literal["mnist", "fashion-mnist", "gaussian"]
+DATASET_NAMES: tuple[str, ...] = DatasetName.__args__
 Condition = Literal["vanilla", "imbalance", "noisy"]
 CONDITIONS: tuple[str, ...] = Condition.__args__
+ImbalanceProfile = Literal["one", "geometric"]
+IMBALANCE_PROFILES: tuple[str, ...] = ImbalanceProfile.__args__
 PresetName = Literal["paper", "fast", "paper-error-analysis"]
 
 MODEL_NAMES: tuple[str, ...] = ModelName.__args__
 PAPER_MODELS = MODEL_NAMES[:6]  # the paper's; the convolutional VAEs go beyond it
 SVM_MODELS = ("vae-svm", "conv-vae-svm")  # trained in two phases: the VAE, then the hinge head
+KMEANS_MODELS = ("vae-kmeans", "conv-vae-kmeans")
 # torch's generators take seeds below 2**64; this bound leaves room for the offsets runs add to a seed
 # (seed + 1 for the noisy validation images, seed + repeat in the error analysis).
 SEED_LIMIT = 2**63
@@ -101,9 +105,31 @@ def check_fields(config: Any) -> None:
             raise ValueError(f"{f.name} must be {bounds}, got {value}")
 
 
+# Each dataset's class names by label: the images' own labels 0-9 (the Gaussian images have two).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion-mnist": ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                      "ankle boot"),
+    "gaussian": ("0", "1"),
+}
+
+
 @dataclass
 class DatasetConfig:
     """Which images, at which size, under which of the paper's conditions.
+
+    `classes` are the labels kept, 2 to 10 of the dataset's (MNIST digits, Fashion-MNIST articles by
+    label 0-9); class index i stands for label classes[i]. The Gaussian images have two, [0, 1].
+
+    `imbalance` (under the imbalance condition) and `noisy_imbalance` (under noisy; None: no
+    resampling) set the training split's class sizes. For two classes each is the share of
+    `imbalance_class` (a label; by default the last of `classes`), as in the paper: 0.9 of ones.
+    For K classes the share f becomes a ratio, r = f / (1 - f) (0.9: 9 to 1), kept between the named
+    class and the smallest one; `imbalance_profile` says how the others fall in between:
+      one        the named class is r times the size of each other class, which are equal;
+      geometric  sizes fall by r**(1/(K-1)) per class, from the named class on in the order of
+                 `classes` (wrapping round), so the last is r times smaller (a long-tailed split).
+    With two classes the profiles agree. Resampling keeps as many training images as it can.
 
     `mean` and `std` describe the synthetic Gaussian classes: one entry per class, each a scalar
     (the same on every pixel) or a flat list of image_size**2 per-pixel values. The paper's case
@@ -111,11 +137,13 @@ class DatasetConfig:
     """
 
     name: DatasetName = "mnist"
-    digits: list[Annotated[int, Range(0, 9)]] = field(default_factory=lambda: [0, 1])
+    classes: list[Annotated[int, Range(0, 9)]] = field(default_factory=lambda: [0, 1])
     image_size: Annotated[int, Range(8, 256)] = 64
     condition: Condition = "vanilla"
-    imbalance: Fraction = 0.9  # of class 1, in training
+    imbalance: Fraction = 0.9
     noisy_imbalance: Fraction | None = 0.6
+    imbalance_class: Annotated[int, Range(0, 9)] | None = None
+    imbalance_profile: ImbalanceProfile = "one"
     mean: list[float | list[float]] = field(default_factory=lambda: [-1.0, 1.0])
     std: list[float | list[float]] = field(default_factory=lambda: [3.0, 3.0])
     n_train: Annotated[int, Range(2)] = 1000
@@ -124,8 +152,13 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if len(self.digits) != 2 or len(set(self.digits)) != 2 or not all(0 <= d <= 9 for d in self.digits):
-            raise ValueError("digits must be two different digits between 0 and 9")
+        known = range(len(CLASS_NAMES[self.name]))
+        if not 2 <= len(self.classes) <= len(known) or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be 2 to {len(known)} different labels of {self.name}")
+        if not all(c in known for c in self.classes):
+            raise ValueError(f"{self.name} has the labels {known.start} to {known.stop - 1}, got classes {self.classes}")
+        if self.imbalance_class is not None and self.imbalance_class not in self.classes:
+            raise ValueError(f"imbalance_class must be one of classes {self.classes}, got {self.imbalance_class}")
         n_pixels = self.image_size**2
         for name in ("mean", "std"):
             values = getattr(self, name)
@@ -139,14 +172,35 @@ class DatasetConfig:
                 raise ValueError("std must be positive")
 
     @property
-    def train_imbalance(self) -> float | None:
-        """The fraction of class 1 the training split is resampled to under this condition, if any."""
-        return {"imbalance": self.imbalance, "noisy": self.noisy_imbalance}.get(self.condition)
+    def class_names(self) -> list[str]:
+        return [CLASS_NAMES[self.name][c] for c in self.classes]
 
     @property
-    def classes(self) -> list[int]:
-        """The label each class index stands for: the original digits, or 0/1 for synthetic data."""
-        return list(self.digits) if self.name == "mnist" else [0, 1]
+    def is_papers(self) -> bool:
+        """Whether these are the paper's images, MNIST 0 vs 1, whose numbers it reports."""
+        return self.name == "mnist" and self.classes == [0, 1]
+
+    @property
+    def description(self) -> str:
+        """The images in words: "MNIST 0 vs 1", "Fashion-MNIST, 10 classes", "Gaussian images"."""
+        if self.name == "gaussian":
+            return "Gaussian images"
+        title = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[self.name]
+        if len(self.classes) == 2:
+            return f"{title} {self.class_names[0]} vs {self.class_names[1]}"
+        return f"{title}, {len(self.classes)} classes" + ("" if len(self.classes) == 10 else f" ({', '.join(self.class_names)})")
+
+    def train_weights(self) -> list[float] | None:
+        """The relative class sizes (by class index) the training split is resampled to under this
+        condition, or None for none; for two classes exactly [1 - f, f] with f the share of class 1."""
+        share = {"imbalance": self.imbalance, "noisy": self.noisy_imbalance}.get(self.condition)
+        if share is None:
+            return None
+        k = len(self.classes)
+        named = k - 1 if self.imbalance_class is None else self.classes.index(self.imbalance_class)
+        if self.imbalance_profile == "one":
+            return [share if i == named else 1 - share for i in range(k)]
+        return [share * ((1 - share) / share) ** (((i - named) % k) / (k - 1)) for i in range(k)]
 
 
 # The authors' settings (their notebooks): Adam 1e-3, batch 16, 10 epochs, the VAE's gradient norm
@@ -187,7 +241,7 @@ class TrainingConfig:
     width: Annotated[float, Range(0.01, 4.0)] = 1.0
     latent_dim: Annotated[int, Range(1, 512)] = 8
     beta: Annotated[float, Range(0.0)] = 0.05
-    n_clusters: Annotated[int, Range(2, 64)] = 2
+    n_clusters: Annotated[int, Range(2, 64)] | None = None  # None: one per class
     finetune_encoder: bool = False
     compile: bool | None = None
 
@@ -219,6 +273,14 @@ class RunConfig:
             raise ValueError("init_from is required for unet-pretrained: the resnet to start the encoder from")
         if self.model != "unet-pretrained" and self.init_from:
             raise ValueError("init_from applies only to unet-pretrained")
+        k = len(self.dataset.classes)
+        if self.model in KMEANS_MODELS and self.n_clusters < k:
+            raise ValueError(f"n_clusters must be at least the number of classes ({k}), so every class gets a cluster")
+
+    @property
+    def n_clusters(self) -> int:
+        """K-means's clusters: `training.n_clusters`, by default one per class."""
+        return self.training.n_clusters or len(self.dataset.classes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,6 +289,9 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Rebuild from `to_dict` output (config.json); unknown keys are an error, not ignored."""
         data = dict(data)
-        dataset = DatasetConfig(**data.pop("dataset", {}))
+        dataset = dict(data.pop("dataset", {}))
+        if "digits" in dataset:  # config.json written before datasets had more than two classes
+            dataset["classes"] = dataset.pop("digits")
+        dataset = DatasetConfig(**dataset)
         training = TrainingConfig(**data.pop("training", {}))
         return cls(dataset=dataset, training=training, **data)

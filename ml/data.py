@@ -1,7 +1,7 @@
 """Datasets as device-resident tensors, and the paper's conditions.
 
 Every split is one float tensor of shape (N, 1, S, S) in the model's input space plus a long
-tensor of class indices (0 or 1). The training loop indexes into them with a permutation, so
+tensor of class indices (0 to K-1). The training loop indexes into them with a permutation, so
 there is no per-sample Python, no DataLoader and no PIL on the hot path. The `noisy` condition
 is applied per batch on the device (`corrupt`), fresh random corruptions every epoch.
 """
@@ -9,7 +9,7 @@ is applied per batch on the device (`corrupt`), fresh random corruptions every e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,8 @@ from torch import Tensor
 from ml.config import DatasetConfig
 from ml.errors import UserError
 
+# torchvision's dataset class of each image set, and the folder under the data directory it reads.
+TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "FashionMNIST")}
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -40,13 +42,12 @@ class Dataset:
     x_val: Tensor
     y_val: Tensor
     classes: list[int]
+    class_names: list[str]
     noisy: bool = False
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(
-            self.x_train.to(device), self.y_train.to(device), self.x_val.to(device), self.y_val.to(device),
-            self.classes, self.noisy,
-        )
+        return replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device),
+                       x_val=self.x_val.to(device), y_val=self.y_val.to(device))
 
 
 def to_model_input(images: Tensor, image_size: int) -> Tensor:
@@ -61,42 +62,45 @@ def to_model_input(images: Tensor, image_size: int) -> Tensor:
     return x.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0)
 
 
-def load_mnist_digits(data_dir: str | Path, train: bool, download: bool = False) -> tuple[Tensor, Tensor]:
-    """All MNIST images (uint8, N x 28 x 28) and digit labels of one split."""
-    from torchvision.datasets import MNIST
+def load_images(name: str, data_dir: str | Path, train: bool, download: bool = False) -> tuple[Tensor, Tensor]:
+    """All images (uint8, N x 28 x 28) and labels (0-9) of one split of MNIST or Fashion-MNIST."""
+    import torchvision.datasets
 
+    cls, folder = TORCHVISION[name]
     root = Path(data_dir).expanduser()
     try:
-        mnist = MNIST(root=str(root), train=train, download=download)
+        images = getattr(torchvision.datasets, cls)(root=str(root), train=train, download=download)
     except RuntimeError as exc:  # torchvision's "Dataset not found", or a failed download
-        raw = root / "MNIST" / "raw"
+        raw = root / folder / "raw"
+        debian = (" Debian's package dataset-fashion-mnist has them, gzipped, in /usr/share/datasets/fashion-mnist:"
+                  f" gunzip them into {raw}." if name == "fashion-mnist" else "")
         raise MissingDataError(
-            f"MNIST was not found in {raw} (looked for {', '.join(MNIST_FILES)})"
+            f"{name} was not found in {raw} (looked for {', '.join(MNIST_FILES)})"
             + ("" if download else " and downloading is off")
-            + ". Point CLASSCOMP_DATA_DIR at a directory holding MNIST/raw/ with those four files,"
-            " or set CLASSCOMP_DOWNLOAD=1 on a machine with internet access to fetch them."
+            + f". Point CLASSCOMP_DATA_DIR at a directory holding {folder}/raw/ with those four files,"
+            " or set CLASSCOMP_DOWNLOAD=1 on a machine with internet access to fetch them." + debian
         ) from exc
-    return mnist.data, mnist.targets
+    return images.data, images.targets
 
 
-def select_digits(images: Tensor, digits: Tensor, classes: list[int]) -> tuple[Tensor, Tensor]:
-    """Keep the two chosen digits; class index i stands for digit classes[i]."""
-    keep = (digits == classes[0]) | (digits == classes[1])
-    return images[keep], (digits[keep] == classes[1]).long()
+def select_classes(images: Tensor, labels: Tensor, classes: list[int]) -> tuple[Tensor, Tensor]:
+    """Keep the images of the chosen labels; class index i stands for label classes[i]."""
+    index = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+    index[torch.tensor(classes)] = torch.arange(len(classes))
+    y = index[labels]
+    keep = y >= 0
+    return images[keep], y[keep]
 
 
-def resample_imbalance(x: Tensor, y: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Subsample one class so that `fraction` of the result is class 1, keeping as much data as possible."""
-    idx0 = torch.nonzero(y == 0).squeeze(1)
-    idx1 = torch.nonzero(y == 1).squeeze(1)
-    n0, n1 = len(idx0), len(idx1)
-    if n1 * (1 - fraction) / fraction <= n0:
-        n0 = round(n1 * (1 - fraction) / fraction)
-    else:
-        n1 = round(n0 * fraction / (1 - fraction))
-    pick0 = idx0[torch.randperm(len(idx0), generator=generator)[:n0]]
-    pick1 = idx1[torch.randperm(len(idx1), generator=generator)[:n1]]
-    keep = torch.cat([pick0, pick1])
+def resample(x: Tensor, y: Tensor, weights: list[float], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Subsample the classes to sizes in proportion to `weights` (one per class index), keeping as
+    many images as possible: the class with the fewest images for its weight keeps them all."""
+    indices = [torch.nonzero(y == c).squeeze(1) for c in range(len(weights))]
+    available = [len(i) for i in indices]
+    limit = min(range(len(weights)), key=lambda c: available[c] / weights[c])
+    counts = [available[c] if c == limit else min(available[c], round(available[limit] * weights[c] / weights[limit]))
+              for c in range(len(weights))]
+    keep = torch.cat([i[torch.randperm(len(i), generator=generator)[:n]] for i, n in zip(indices, counts)])
     keep = keep[torch.randperm(len(keep), generator=generator)]
     return x[keep], y[keep]
 
@@ -115,26 +119,27 @@ def gaussian_images(cfg: DatasetConfig, n: int, generator: torch.Generator) -> t
 def load_dataset(cfg: DatasetConfig, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
     """The train and validation splits of `cfg`, with its condition applied (on the CPU; call `.to`).
 
-    The imbalance resampling (`cfg.train_imbalance`) touches the training split only. For `noisy`,
+    The imbalance resampling (`cfg.train_weights()`) touches the training split only. For `noisy`,
     the validation split is corrupted once here with a fixed seed (so every epoch is scored on the
     same images) and the training split is corrupted per batch by the training loop.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
-    if cfg.name == "mnist":
+    if cfg.name in TORCHVISION:
         if data_dir is None:
-            raise MissingDataError("no data directory given for MNIST: set CLASSCOMP_DATA_DIR")
-        x_train, y_train = select_digits(*load_mnist_digits(data_dir, True, download), cfg.classes)
-        x_val, y_val = select_digits(*load_mnist_digits(data_dir, False, download), cfg.classes)
+            raise MissingDataError(f"no data directory given for {cfg.name}: set CLASSCOMP_DATA_DIR")
+        x_train, y_train = select_classes(*load_images(cfg.name, data_dir, True, download), cfg.classes)
+        x_val, y_val = select_classes(*load_images(cfg.name, data_dir, False, download), cfg.classes)
         x_train, x_val = to_model_input(x_train, cfg.image_size), to_model_input(x_val, cfg.image_size)
     else:
         x_train, y_train = gaussian_images(cfg, cfg.n_train, generator)
         x_val, y_val = gaussian_images(cfg, cfg.n_val, generator)
-    if cfg.train_imbalance is not None:
-        x_train, y_train = resample_imbalance(x_train, y_train, cfg.train_imbalance, generator)
+    weights = cfg.train_weights()
+    if weights is not None:
+        x_train, y_train = resample(x_train, y_train, weights, generator)
     noisy = cfg.condition == "noisy"
     if noisy:
         x_val = corrupt(x_val, torch.Generator().manual_seed(cfg.seed + 1))
-    return Dataset(x_train, y_train, x_val, y_val, cfg.classes, noisy)
+    return Dataset(x_train, y_train, x_val, y_val, cfg.classes, cfg.class_names, noisy)
 
 
 # The paper's `noisy` condition is the authors' torchvision Compose (RandomHorizontalFlip,

@@ -112,22 +112,25 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 2)
 
 
-def paper_tables(rows: list[dict]) -> dict:
+def paper_tables(rows: list[dict], paper: bool = True) -> dict:
     """Tables 1 and 2 as data, ours beside the paper's: `values[model][condition]` is {"ours", "paper"}
-    (accuracy in % to two decimals, as the paper gives it, or seconds), None where a cell is missing.
+    (accuracy in % to two decimals, as the paper gives it, or seconds), None where a cell is missing
+    and, without `paper` (a grid on other images than the paper's), for every paper value.
     Table 1's noisy column also holds `trained_clean`: {"ours", "paper"}, the bracketed accuracies of
     the model trained on clean images and tested on the noisy ones."""
     models, conditions, cell = _layout(rows)
+    paper_accuracy, paper_clean, paper_seconds = (
+        (PAPER_ACCURACY, PAPER_TRAINED_CLEAN_TESTED_NOISY, PAPER_SECONDS) if paper else ({}, {}, {}))
 
     def accuracy(m: str, c: str) -> dict:
-        value = {"ours": _percent(cell.get((m, c), {}).get("val_accuracy")), "paper": PAPER_ACCURACY.get(m, {}).get(c)}
+        value = {"ours": _percent(cell.get((m, c), {}).get("val_accuracy")), "paper": paper_accuracy.get(m, {}).get(c)}
         if c == "noisy":
             value["trained_clean"] = {"ours": _percent(cell.get((m, "vanilla"), {}).get("noisy_val_accuracy")),
-                                      "paper": PAPER_TRAINED_CLEAN_TESTED_NOISY.get(m)}
+                                      "paper": paper_clean.get(m)}
         return value
 
     def seconds(m: str, c: str) -> dict:
-        return {"ours": cell.get((m, c), {}).get("train_seconds"), "paper": PAPER_SECONDS.get(m, {}).get(c)}
+        return {"ours": cell.get((m, c), {}).get("train_seconds"), "paper": paper_seconds.get(m, {}).get(c)}
 
     def table(title: str, value: Callable[[str, str], dict]) -> dict:
         return {"title": title, "models": models, "conditions": conditions,
@@ -141,7 +144,7 @@ def markdown_tables(rows: list[dict], paper: bool = False) -> str:
     the paper. Each row holds model, condition, val_accuracy and train_seconds; a vanilla row's
     `noisy_val_accuracy` (trained clean, tested noisy) is shown in brackets in the noisy column,
     where the paper put it. With `paper`, each condition's column is followed by the paper's."""
-    tables = paper_tables(rows)
+    tables = paper_tables(rows, paper)
     conditions = tables["table_1"]["conditions"]
     columns = [(c, which) for c in conditions for which in (("ours", "paper") if paper else ("ours",))]
 
@@ -178,14 +181,16 @@ GRID_PRESETS: dict[str, dict] = {
 
 
 def preset_grid(name: str, *, models: list[str] | None = None, conditions: list[str] | None = None,
-                image_size: int | None = None, seed: int = 0, **training) -> ExperimentConfig:
-    """The grid of preset `name` over `models` x `conditions` (default: the paper's six and all three);
-    `image_size` and any TrainingConfig field given as a keyword (and not None) override the preset's."""
+                image_size: int | None = None, seed: int = 0, dataset: DatasetConfig | None = None,
+                **training) -> ExperimentConfig:
+    """The grid of preset `name` over `models` x `conditions` (default: the paper's six and all three)
+    on `dataset` (default: MNIST 0 vs 1); `image_size` and any TrainingConfig field given as a keyword
+    (and not None) override the preset's, and `seed` is the dataset's and the training's."""
     preset = GRID_PRESETS[name]
     settings = {**preset["training"], **{k: v for k, v in training.items() if v is not None}}
     return ExperimentConfig(
         models=list(models or PAPER_MODELS), conditions=list(conditions or CONDITIONS),
-        dataset=DatasetConfig(image_size=image_size or preset["image_size"], seed=seed),
+        dataset=replace(dataset or DatasetConfig(), image_size=image_size or preset["image_size"], seed=seed),
         training=TrainingConfig(seed=seed, **settings),
     )
 
@@ -277,10 +282,10 @@ def device_name(device: str | torch.device) -> str:
     return f"CPU: {model or 'unknown'} (torch threads: {torch.get_num_threads()})"
 
 
-# Per cell: its training curves (figures 1-3) and, for a VAE, its reconstructions (figure 9) and the
+# Per cell: its training curves (figures 1-3), its confusion matrix and, for a VAE, its reconstructions (figure 9) and the
 # t-SNE of its latent space with the K-means labels or SVM hyperplane (figures 7-8). A figure the
 # model kind lacks is skipped.
-CELL_FIGURES = ("training-curves", "reconstructions", "latent-classifiers")
+CELL_FIGURES = ("training-curves", "confusion-matrix", "reconstructions", "latent-classifiers")
 
 
 def cell_figures(result: TrainResult, data: Dataset) -> dict[str, bytes]:
@@ -336,7 +341,7 @@ def reproduce(
         "preset": preset, "device": device_name(device),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cells": len(rows), "cells_planned": len(grid.cells()), "complete": len(rows) == len(grid.cells()),
-        "grid": dataclasses.asdict(grid), "rows": rows, **paper_tables(rows),
+        "grid": dataclasses.asdict(grid), "rows": rows, **paper_tables(rows, paper=grid.dataset.is_papers),
     }
     if draw and rows:
         drawn = time.perf_counter()
@@ -352,19 +357,17 @@ def reproduce(
 
 def report_markdown(report: dict) -> str:
     """tables.md: what was run, where and how long, then the two tables beside the paper's."""
-    grid, tc, dataset = report["grid"], report["grid"]["training"], report["grid"]["dataset"]
-    size = dataset["image_size"]
-    digits = dataset["digits"]
-    images = f"MNIST {digits[0]} vs {digits[1]}" if dataset["name"] == "mnist" else "Gaussian images"
+    grid, tc, dataset = report["grid"], report["grid"]["training"], DatasetConfig(**report["grid"]["dataset"])
+    size = dataset.image_size
     head = f", SVM head {tc['head_epochs']} epochs" if any(m in SVM_MODELS for m in grid["models"]) else ""
     stopped = "" if report["complete"] else " (stopped early: cells not trained are left out or -)"
     return (
         f"# The paper's Tables 1 and 2, preset `{report['preset']}`\n\n"
-        f"{images} at {size}x{size}, width {tc['width']:g}; training preset `{tc['preset']}`: "
+        f"{dataset.description} at {size}x{size}, width {tc['width']:g}; training preset `{tc['preset']}`: "
         f"epochs {tc['epochs']}, batch {tc['batch_size']}, Adam lr {tc['learning_rate']:g}{head}; seed {tc['seed']}.\n"
         f"{report['device']}; {report['cells']} of {report['cells_planned']} cells{stopped} "
         f"in {report['seconds']:.0f} s (drawing figures: {report['figure_seconds']:.0f} s); {report['date']}.\n\n"
-        "Beside ours (\"paper\" columns): the paper's Tables 1 and 2, at 64x64, width 1, 10 epochs of batch 16 "
-        "on the authors' GPU.\n\n"
-        + markdown_tables(report["rows"], paper=True)
+        + ("Beside ours (\"paper\" columns): the paper's Tables 1 and 2, at 64x64, width 1, 10 epochs of batch 16 "
+           "on the authors' GPU.\n\n" if dataset.is_papers else "")
+        + markdown_tables(report["rows"], paper=dataset.is_papers)
     )

@@ -1,4 +1,5 @@
-"""The paper's figures (section 3.2, figures 1-9) as PNG bytes, for a trained model and its data.
+"""The paper's figures (section 3.2, figures 1-9) and a confusion matrix as PNG bytes, for a trained
+model and its data.
 
 Every function builds its own `matplotlib.figure.Figure` and renders it through the Agg canvas.
 Nothing goes through pyplot, so there is no global figure registry and no GUI backend: requests
@@ -27,9 +28,11 @@ from threadpoolctl import threadpool_limits  # scikit-learn's own dependency for
 from torch import Tensor, nn
 
 from ml.data import Dataset
+from ml.evaluation import evaluate
 from ml.models import VAEBase, VAEKMeans, vae_of
 
-FIGURES = ("training-curves", "kernels", "feature-maps", "latent-tsne", "latent-classifiers", "reconstructions")
+FIGURES = ("training-curves", "kernels", "feature-maps", "latent-tsne", "latent-classifiers", "reconstructions",
+           "confusion-matrix")
 DPI = 100
 SEED = 0
 # Feature maps shown per layer: the last VGG stage has up to 512 channels, far too many to read.
@@ -277,26 +280,28 @@ def _hyperplane_points(z: np.ndarray, w: np.ndarray, b: float, n: int = HYPERPLA
 def latent_classifiers(
     z: ArrayOrTensor,
     labels: ArrayOrTensor | Sequence,
-    kmeans_labels: ArrayOrTensor | Sequence | None = None,
+    assigned: ArrayOrTensor | Sequence | None = None,
     svm_w: ArrayOrTensor | None = None,
     svm_b: float | None = None,
+    assigned_title: str = "K-means labels",
 ) -> bytes:
-    """Figure 8: left, the t-SNE plane coloured by K-means label; right, the true labels with
-    points of the SVM hyperplane embedded jointly, falling between the classes when it separates
-    them. A model with only one of the two classifiers gets only its panel."""
+    """Figure 8: left, the t-SNE plane coloured by the label a classifier assigned (K-means's, or a
+    K-class SVM's, which has no single hyperplane); right, the true labels with points of a two-class
+    SVM's hyperplane embedded jointly, falling between the classes when it separates them. Only the
+    panels given are drawn."""
     if (svm_w is None) != (svm_b is None):
         raise ValueError("the SVM hyperplane needs both svm_w and svm_b")
-    if kmeans_labels is None and svm_w is None:
-        raise ValueError("nothing to show: give K-means labels, an SVM hyperplane (svm_w, svm_b) or both")
+    if assigned is None and svm_w is None:
+        raise ValueError("nothing to show: give assigned labels, an SVM hyperplane (svm_w, svm_b) or both")
     z = _numpy(z).astype(np.float64)
     plane = _hyperplane_points(z, _numpy(svm_w), float(svm_b)) if svm_w is not None else z[:0]
     xy = _tsne(np.concatenate([z, plane]))
     data_xy, plane_xy = xy[: len(z)], xy[len(z) :]
-    n_panels = (kmeans_labels is not None) + (svm_w is not None)
+    n_panels = (assigned is not None) + (svm_w is not None)
     fig = Figure(figsize=(6.0 * n_panels, 5.0), layout="constrained")
     axes = list(fig.subplots(1, n_panels, squeeze=False)[0])
-    if kmeans_labels is not None:
-        _scatter_by_label(axes.pop(0), data_xy, kmeans_labels, "K-means labels")
+    if assigned is not None:
+        _scatter_by_label(axes.pop(0), data_xy, assigned, assigned_title)
     if svm_w is not None:
         ax = axes.pop(0)
         ax.scatter(*plane_xy.T, s=14, marker="x", color="black", zorder=3, label="SVM hyperplane")
@@ -341,17 +346,40 @@ def _balanced_indices(y: Tensor, per_class: int) -> Tensor:
     return torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in y.unique()])
 
 
-def _classifier_parts(
-    model: nn.Module, x: Tensor, classes: Sequence[int]
-) -> tuple[list[str] | None, Tensor | None, float | None]:
-    """K-means labels as 'digit (cluster k)', so colours match the true-label plot; or the SVM's w and b,
-    the hyperplane where its two class scores are equal."""
+def _classifier_parts(model: nn.Module, x: Tensor, names: Sequence[str]) -> dict[str, Any]:
+    """`latent_classifiers`' keywords for `model`: K-means labels as 'name (cluster k)', so colours match
+    the true-label plot; a two-class SVM's w and b, the hyperplane where its two scores are equal; or a
+    K-class SVM's predicted labels."""
+    names = np.asarray(names)
     if isinstance(model, VAEKMeans):
         cluster, _ = model.assign(x)
-        digits = np.asarray(classes)[model.cluster_labels[cluster].cpu().numpy()]
-        return [f"{d} (cluster {c})" for d, c in zip(digits, cluster.tolist())], None, None
+        assigned = names[model.cluster_labels[cluster].cpu().numpy()]
+        return {"assigned": [f"{d} (cluster {c})" for d, c in zip(assigned, cluster.tolist())]}
     w, b = model.head.weight, model.head.bias
-    return None, w[1] - w[0], (b[1] - b[0]).item()
+    if len(w) == 2:
+        return {"svm_w": w[1] - w[0], "svm_b": (b[1] - b[0]).item()}
+    return {"assigned": names[model.scores(x).argmax(1).cpu().numpy()], "assigned_title": "SVM labels (one-vs-rest)"}
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> bytes:
+    """Counts of true class (rows) against predicted class (columns), each cell shaded by its share
+    of its row, so a small class's errors show as plainly as a large one's."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(names)
+    fig = Figure(figsize=(2.0 + 0.6 * k, 1.5 + 0.6 * k), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for (row, col), count in np.ndenumerate(counts):
+        ax.text(col, row, str(count), ha="center", va="center", fontsize="small",
+                color="white" if shares[row, col] > 0.5 else "black")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix: {counts.trace()} of {counts.sum()} right")
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    return _png(fig)
 
 
 @torch.no_grad()
@@ -372,16 +400,18 @@ def render(
         return kernels(model)
     if name == "feature-maps":
         return feature_maps(model, data.x_val[:1] if image is None else image)
+    if name == "confusion-matrix":
+        return confusion_matrix(evaluate(model, data)["confusion_matrix"], data.class_names)
     vae, device = _vae(model), _device(model)
     if name == "reconstructions":
         x = data.x_val[_balanced_indices(data.y_val, RECONSTRUCTIONS_PER_CLASS)].to(device)
         return reconstructions(x, vae.decode(vae.encode(x)[0]))
     x = data.x_val[:TSNE_POINTS].to(device)
     z = vae.encode(x)[0]
-    labels = np.asarray(data.classes)[data.y_val[:TSNE_POINTS].cpu().numpy()]
+    labels = np.asarray(data.class_names)[data.y_val[:TSNE_POINTS].cpu().numpy()]
     if name == "latent-tsne":
         return latent_tsne(z, labels)
-    return latent_classifiers(z, labels, *_classifier_parts(model, x, data.classes))
+    return latent_classifiers(z, labels, **_classifier_parts(model, x, data.class_names))
 
 
 # Excess-risk decomposition (figure 10)

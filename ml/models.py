@@ -5,7 +5,7 @@ At width 1 and 64x64 inputs these are the paper's sizes: a VGG-19 stage layout (
 three-layer classifier), a ResNet that wraps each of those stages in a 1x1-projection shortcut,
 a UNet with that ResNet as encoder and a transpose-convolution decoder from a 1024-channel
 bottleneck, and an MLP VAE (hidden 1024, latent 8). `width` multiplies every channel and hidden
-size so that CPU-sized versions train in seconds.
+size so that CPU-sized versions train in seconds. Every classifier has one output per class.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ FC_WIDTH = 4096
 BOTTLENECK_CHANNELS = 1024
 VAE_HIDDEN = 1024
 CONV_VAE_CHANNELS = (32, 64, 128)
-NUM_CLASSES = 2
 
 
 def scaled(channels: int, width: float) -> int:
@@ -56,27 +55,27 @@ def stage_channels(width: float) -> list[int]:
     return [scaled(c, width) for c in STAGE_CHANNELS]
 
 
-def fc_head(in_features: int, width: float) -> nn.Sequential:
+def fc_head(in_features: int, width: float, num_classes: int) -> nn.Sequential:
     hidden = scaled(FC_WIDTH, width)
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
         nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(0.5),
-        nn.Linear(hidden, NUM_CLASSES),
+        nn.Linear(hidden, num_classes),
     )
 
 
 class ConvNet(nn.Module):
     """VGG (plain stages) or ResNet (residual stages): five stages, each followed by a 2x2 max-pool."""
 
-    def __init__(self, residual: bool, width: float, image_size: int):
+    def __init__(self, residual: bool, width: float, image_size: int, num_classes: int):
         super().__init__()
         block = ResidualStage if residual else Stage
         channels = stage_channels(width)
         c_in = [1, *channels[:-1]]
         self.stages = nn.ModuleList(block(i, o, d) for i, o, d in zip(c_in, channels, STAGE_DEPTHS))
         final_size = image_size // 2 ** len(STAGE_DEPTHS)
-        self.head = fc_head(channels[-1] * final_size**2, width)
+        self.head = fc_head(channels[-1] * final_size**2, width, num_classes)
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Each stage's output before pooling (the UNet's skips and the feature-map figures)."""
@@ -114,7 +113,7 @@ class UNet(nn.Module):
     stages as loaded, batch-norm statistics included, as the authors trained their unet-pretrained.
     """
 
-    def __init__(self, width: float, image_size: int, freeze_encoder: bool = False):
+    def __init__(self, width: float, image_size: int, num_classes: int, freeze_encoder: bool = False):
         super().__init__()
         channels = stage_channels(width)
         c_in = [1, *channels[:-1]]
@@ -126,7 +125,7 @@ class UNet(nn.Module):
             ups.append(UpStage(c, skip, skip))
             c = skip
         self.ups = nn.ModuleList(ups)
-        self.classifier = nn.Linear(channels[0], NUM_CLASSES)
+        self.classifier = nn.Linear(channels[0], num_classes)
         self.freeze_encoder = freeze_encoder
         self.stages.requires_grad_(not freeze_encoder)
 
@@ -240,15 +239,15 @@ class ConvVAE(VAEBase):
 class VAESVM(nn.Module):
     """A VAE whose latent mean is classified by a linear head trained with the hinge loss.
 
-    One score per class, each trained one-vs-rest (`hinge_step`); the class is the highest score.
+    One score per class, each trained one-vs-rest (`ml.train.hinge_step`); the class is the highest score.
     The authors' head has the same shape but trains both scores toward the same +-1 target, so
     their argmax is decided by which score ends up larger in magnitude, right or inverted by chance.
     """
 
-    def __init__(self, vae: nn.Module, latent_dim: int):
+    def __init__(self, vae: nn.Module, latent_dim: int, num_classes: int):
         super().__init__()
         self.vae = vae
-        self.head = nn.Linear(latent_dim, NUM_CLASSES)
+        self.head = nn.Linear(latent_dim, num_classes)
 
     def scores(self, x: Tensor) -> Tensor:
         return self.head(self.vae.encode(x)[0])
@@ -265,9 +264,10 @@ class VAEKMeans(nn.Module):
     Centres, origin and the cluster-to-class map are buffers, so they live in the safetensors file with the weights.
     """
 
-    def __init__(self, vae: nn.Module, latent_dim: int, n_clusters: int, spherical: bool = False):
+    def __init__(self, vae: nn.Module, latent_dim: int, n_clusters: int, num_classes: int, spherical: bool = False):
         super().__init__()
         self.vae = vae
+        self.num_classes = num_classes
         self.spherical = spherical
         self.register_buffer("centres", torch.zeros(n_clusters, latent_dim))
         self.register_buffer("cluster_labels", torch.zeros(n_clusters, dtype=torch.long))
@@ -287,24 +287,24 @@ class VAEKMeans(nn.Module):
 
 def build_model(cfg: RunConfig) -> nn.Module:
     """The untrained network a run config describes (weights are loaded or trained separately)."""
-    t, size = cfg.training, cfg.dataset.image_size
+    t, size, k = cfg.training, cfg.dataset.image_size, len(cfg.dataset.classes)
     if cfg.model in ("vgg", "resnet", "unet", "unet-pretrained") and size % 2 ** len(STAGE_DEPTHS):
         raise ValueError(f"image_size must be a multiple of 32 for {cfg.model} (five 2x2 poolings), got {size}")
     if cfg.model == "vgg":
-        return ConvNet(residual=False, width=t.width, image_size=size)
+        return ConvNet(residual=False, width=t.width, image_size=size, num_classes=k)
     if cfg.model == "resnet":
-        return ConvNet(residual=True, width=t.width, image_size=size)
+        return ConvNet(residual=True, width=t.width, image_size=size, num_classes=k)
     if cfg.model == "unet":
-        return UNet(width=t.width, image_size=size)
+        return UNet(width=t.width, image_size=size, num_classes=k)
     if cfg.model == "unet-pretrained":
-        return UNet(width=t.width, image_size=size, freeze_encoder=not t.finetune_encoder)
+        return UNet(width=t.width, image_size=size, num_classes=k, freeze_encoder=not t.finetune_encoder)
     vae = ConvVAE if cfg.model.startswith("conv-") else VAE
     if vae is ConvVAE and size % ConvVAE.DOWNSAMPLING:
         raise ValueError(f"image_size must be a multiple of {ConvVAE.DOWNSAMPLING} for {cfg.model}, got {size}")
     if cfg.model in ("vae-svm", "conv-vae-svm"):
-        return VAESVM(vae(t.width, size, t.latent_dim), t.latent_dim)
+        return VAESVM(vae(t.width, size, t.latent_dim), t.latent_dim, k)
     if cfg.model in ("vae-kmeans", "conv-vae-kmeans"):
-        return VAEKMeans(vae(t.width, size, t.latent_dim), t.latent_dim, t.n_clusters, spherical=vae is ConvVAE)
+        return VAEKMeans(vae(t.width, size, t.latent_dim), t.latent_dim, cfg.n_clusters, k, spherical=vae is ConvVAE)
     raise ValueError(f"unknown model {cfg.model!r}")
 
 
@@ -314,22 +314,24 @@ def parameter_count(model: nn.Module) -> int:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    """Per-image outputs for a batch: `class_index` and `probabilities` (N, 2) for every model,
-    plus `margin` for VAE + SVM and `cluster` / `distance` for VAE + K-means.
+    """Per-image outputs for a batch: `class_index` and `probabilities` (N, K) for every model,
+    plus `margin` for a two-class VAE + SVM and `cluster` / `distance` for VAE + K-means.
 
-    The SVM's margin is the second class's score minus the first's, and its probabilities the
-    softmax of its scores (the logistic of the margin): monotone, not calibrated. K-means gives a
-    hard assignment, so its probabilities are one-hot.
+    The SVM's probabilities are the softmax of its scores, monotone, not calibrated; with two classes
+    its margin is the second class's score minus the first's (the softmax is then its logistic).
+    K-means gives a hard assignment, so its probabilities are one-hot.
     """
     model.eval()
     if isinstance(model, VAESVM):
         scores = model.scores(x).float()
-        return {"class_index": scores.argmax(1), "probabilities": torch.softmax(scores, 1),
-                "margin": scores[:, 1] - scores[:, 0]}
+        out = {"class_index": scores.argmax(1), "probabilities": torch.softmax(scores, 1)}
+        if scores.shape[1] == 2:
+            out["margin"] = scores[:, 1] - scores[:, 0]
+        return out
     if isinstance(model, VAEKMeans):
         cluster, distance = model.assign(x)
         label = model.cluster_labels[cluster]
-        probs = F.one_hot(label, NUM_CLASSES).float()
+        probs = F.one_hot(label, model.num_classes).float()
         return {"class_index": label, "probabilities": probs, "cluster": cluster, "distance": distance}
     probs = torch.softmax(model(x).float(), dim=1)
     return {"class_index": probs.argmax(1), "probabilities": probs}

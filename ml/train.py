@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ml.config import SVM_MODELS, RunConfig, TrainingConfig
 from ml.data import Dataset, corrupt
 from ml.errors import UserError
-from ml.models import NUM_CLASSES, VAEBase, VAEKMeans, VAESVM, build_model, predict
+from ml.models import VAEBase, VAEKMeans, VAESVM, build_model, predict
 
 EpochCallback = Callable[[dict], bool | None]
 BatchCallback = Callable[[int, int], None]
@@ -103,7 +103,13 @@ def vae_step(beta: float) -> Callable:
 
 
 def hinge_step(head: nn.Module, z: Tensor, y: Tensor, _clean: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """One-vs-rest hinge loss: score c is pushed above +1 for class c and below -1 for the others."""
+    """One-vs-rest hinge loss: score c is pushed above +1 for class c and below -1 for the others.
+
+    One-vs-rest rather than Crammer-Singer: with two classes it is the binary SVM the paper trains
+    (Crammer-Singer's single margin between the true and the best other score is a different loss
+    there), it is what scikit-learn's LinearSVC does by default, and a well-tuned one-vs-rest is as
+    accurate as the joint multi-class losses (Rifkin & Klautau, JMLR 2004).
+    """
     scores = head(z)
     sign = 2.0 * F.one_hot(y, scores.shape[1]).float() - 1.0
     return torch.clamp(1 - sign * scores, min=0).mean(), {}, (scores.argmax(1) == y).sum()
@@ -226,7 +232,7 @@ def fit_kmeans(model: VAEKMeans, z_train: Tensor, y_train: Tensor, seed: int) ->
         model.origin.copy_(z_train.median(dim=0).values)
     # scikit-learn takes seeds below 2**32; ours go up to 2**63.
     km = KMeans(n_clusters=k, n_init=10, random_state=seed % 2**32).fit(model.features(z_train).cpu().numpy())
-    mapping = cluster_labels(km.labels_, y_train.cpu().numpy(), k, NUM_CLASSES)
+    mapping = cluster_labels(km.labels_, y_train.cpu().numpy(), k, model.num_classes)
     model.centres.copy_(torch.as_tensor(km.cluster_centers_, dtype=torch.float32))
     model.cluster_labels.copy_(torch.as_tensor(mapping))
 
@@ -312,7 +318,7 @@ def train(
         )
         if isinstance(model, VAESVM) and not result.stopped:
             z_val = latent_means(model.vae, data.x_val, device)
-            latents = Dataset(latent_means(model.vae, x_train, device), data.y_train, z_val, data.y_val, data.classes)
+            latents = replace(data, x_train=latent_means(model.vae, x_train, device), x_val=z_val, noisy=False)
             result.stopped = run_epochs(
                 model.head, latents, hinge_step, tc, device, phase="head", epochs=total - tc.epochs,
                 epoch_offset=tc.epochs, total_epochs=total, evaluate=val_accuracy, **common,

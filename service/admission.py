@@ -38,10 +38,13 @@ FLOAT_BYTES = 4
 TRAINED_PARAMETER_COPIES = 4
 # The backward pass keeps every module's output and makes a gradient as large for each.
 BACKWARD_FACTOR = 2
-# Images of each digit in MNIST's training and test splits: the data set is fixed, so a job's image
-# count is known without reading it.
-MNIST_TRAIN_IMAGES = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
-MNIST_TEST_IMAGES = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+# Images of each label in the training and test splits: the data sets are fixed, so a job's image
+# count is known without reading them.
+IMAGES_PER_CLASS = {
+    "mnist": ((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)),
+    "fashion-mnist": ((6000,) * 10, (1000,) * 10),
+}
 # Stands in for the resnet an experiment's unet-pretrained will start from: it does not exist yet.
 PLACEHOLDER_ID = "0" * 32
 
@@ -89,9 +92,10 @@ def network_memory(cfg: RunConfig) -> tuple[int, int]:
 def image_memory(cfg: RunConfig) -> int:
     """Bytes of the training and validation images of `cfg`, as ml.data.load_dataset keeps them."""
     d = cfg.dataset
-    if d.name == "mnist":
-        n_train = sum(MNIST_TRAIN_IMAGES[digit] for digit in d.digits)
-        n_val = sum(MNIST_TEST_IMAGES[digit] for digit in d.digits)
+    if d.name in IMAGES_PER_CLASS:
+        train_images, test_images = IMAGES_PER_CLASS[d.name]
+        n_train = sum(train_images[label] for label in d.classes)
+        n_val = sum(test_images[label] for label in d.classes)
     else:
         n_train, n_val = d.n_train, d.n_val
     # Under noisy, a VAE's latent classifier reads a corrupted copy of the training images.

@@ -16,21 +16,49 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ml.config import CONDITIONS, MODEL_NAMES, PRESETS, DatasetConfig, RunConfig, TrainingConfig
+from ml.config import (
+    CLASS_NAMES, CONDITIONS, DATASET_NAMES, IMBALANCE_PROFILES, MODEL_NAMES, PRESETS, DatasetConfig, RunConfig,
+    TrainingConfig,
+)
 
 logger = logging.getLogger(__name__)
+
+
+def add_dataset_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Flags that choose the images and their classes (`train`, `submit` and `reproduce`)."""
+    p.add_argument("--dataset", default="mnist", choices=DATASET_NAMES)
+    p.add_argument("--classes", nargs="+", default=["0", "1"], metavar="LABEL",
+                   help="the labels to tell apart: 2 to 10 of the dataset's 0-9, or 'all' (default: 0 1)")
+    p.add_argument("--imbalance", type=float, default=0.9,
+                   help="imbalance condition: share of the named class with two classes, ratio f/(1-f) to the "
+                        "smallest with more (DatasetConfig)")
+    p.add_argument("--noisy-imbalance", type=float, default=0.6,
+                   help="the same under noisy, as the authors ran it; 0 for none")
+    p.add_argument("--imbalance-class", type=int, default=None, help="the class made larger (default: the last of --classes)")
+    p.add_argument("--imbalance-profile", default="one", choices=IMBALANCE_PROFILES,
+                   help="one: the named class against equal others; geometric: sizes falling class by class")
+
+
+def dataset_from_args(args: argparse.Namespace, **fields: Any) -> DatasetConfig:
+    """The DatasetConfig of `add_dataset_arguments`' flags and `fields`; a ValueError if they do not make one."""
+    if args.classes == ["all"]:
+        classes = list(range(len(CLASS_NAMES[args.dataset])))
+    else:
+        try:
+            classes = [int(c) for c in args.classes]
+        except ValueError:
+            raise ValueError(f"--classes takes labels 0-9 or 'all', got {' '.join(args.classes)}") from None
+    return DatasetConfig(name=args.dataset, classes=classes, imbalance=args.imbalance,
+                         noisy_imbalance=args.noisy_imbalance or None, imbalance_class=args.imbalance_class,
+                         imbalance_profile=args.imbalance_profile, **fields)
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Flags that describe a training run (shared by `train` and `submit`). Optimisation flags left
     out take the preset's value."""
     p.add_argument("--model", required=True, choices=MODEL_NAMES)
-    p.add_argument("--dataset", default="mnist", choices=["mnist", "gaussian"])
-    p.add_argument("--digits", type=int, nargs=2, default=[0, 1], metavar=("A", "B"))
+    add_dataset_arguments(p)
     p.add_argument("--condition", default="vanilla", choices=CONDITIONS)
-    p.add_argument("--imbalance", type=float, default=0.9, help="fraction of class 1 in training (imbalance)")
-    p.add_argument("--noisy-imbalance", type=float, default=0.6,
-                   help="fraction of class 1 in training under noisy, as the authors ran it; 0 for none")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--preset", default="paper", choices=list(PRESETS), help="where unset optimisation flags come from")
     p.add_argument("--epochs", type=int, default=None)
@@ -51,10 +79,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     try:
         return RunConfig(
             model=args.model,
-            dataset=DatasetConfig(
-                name=args.dataset, digits=args.digits, image_size=args.image_size, condition=args.condition,
-                imbalance=args.imbalance, noisy_imbalance=args.noisy_imbalance or None, seed=args.seed,
-            ),
+            dataset=dataset_from_args(args, image_size=args.image_size, condition=args.condition, seed=args.seed),
             training=TrainingConfig(
                 preset=args.preset, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                 head_epochs=args.head_epochs, vae_grad_clip=args.vae_grad_clip, seed=args.seed, width=args.width,
@@ -120,7 +145,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     try:
         grid = preset_grid(
             args.preset, models=args.models, conditions=args.conditions, image_size=args.image_size, seed=args.seed,
-            width=args.width, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+            dataset=dataset_from_args(args), width=args.width, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
             head_epochs=args.head_epochs, compile=args.compile,
         )
         device = pick_device(args.device or settings.device)
@@ -498,8 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=None, choices=MODEL_NAMES, help="default: the paper's six")
     p.add_argument("--conditions", nargs="+", default=None, choices=CONDITIONS, help="default: all three")
     p.add_argument("--device", default=None, help="cuda or cpu (default: CLASSCOMP_DEVICE, else cuda when available)")
-    p.add_argument("--data-dir", default=None, help="where MNIST/raw/ is (default: CLASSCOMP_DATA_DIR)")
+    p.add_argument("--data-dir", default=None, help="where MNIST/raw/ and FashionMNIST/raw/ are "
+                   "(default: CLASSCOMP_DATA_DIR)")
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
+    add_dataset_arguments(p.add_argument_group("the images (default: MNIST 0 vs 1, as the paper)"))
     overrides = p.add_argument_group("overrides of the preset")
     overrides.add_argument("--image-size", type=int, default=None)
     overrides.add_argument("--width", type=float, default=None)

@@ -1,7 +1,7 @@
 """Validation data in the API process, for the reports and figures of a trained model.
 
 A model's report or figure is computed on the validation split of the very dataset config it was
-trained with (digits, image size, condition, seed), so it sees the images the model was scored on.
+trained with (classes, image size, condition, seed), so it sees the images the model was scored on.
 Loading MNIST and resizing it takes seconds, so the last few splits are kept in memory, keyed by
 that config. Only the validation split is kept; the training split is dropped after loading.
 """
@@ -25,7 +25,7 @@ def _load_validation(cfg: DatasetConfig) -> Dataset:
         full = load_dataset(cfg, settings.mnist_dir, settings.download)
     except MissingDataError as exc:
         raise ApiError(503, "data_unavailable", str(exc)) from exc
-    return Dataset(full.x_val[:0].clone(), full.y_val[:0].clone(), full.x_val, full.y_val, full.classes, full.noisy)
+    return dataclasses.replace(full, x_train=full.x_val[:0].clone(), y_train=full.y_val[:0].clone())
 
 
 _cache: LRUCache[Dataset] | None = None

@@ -238,10 +238,12 @@ def _on_device_of(model: torch.nn.Module, x: Tensor) -> Tensor:
 def predict(loaded: LoadedModel, x: Tensor) -> list[dict]:
     out = {k: v.cpu().tolist() for k, v in model_predict(loaded.model, _on_device_of(loaded.model, x)).items()}
     labels = [str(c) for c in loaded.classes]
+    names = loaded.config.dataset.class_names
     predictions = []
     for i, class_index in enumerate(out["class_index"]):
         p = {
             "label": loaded.classes[class_index],
+            "name": names[class_index],
             "class_index": class_index,
             "probabilities": dict(zip(labels, out["probabilities"][i])),
         }

@@ -66,8 +66,17 @@ JOB_EXAMPLES = {
         "value": {
             "kind": "train",
             "model": "vgg",
-            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+            "dataset": {"name": "mnist", "classes": [0, 1], "image_size": 32},
             "training": {"epochs": 2, "width": 0.125},
+        },
+    },
+    "fashion-mnist": {
+        "summary": "beyond the paper: a small ResNet on all ten Fashion-MNIST classes",
+        "value": {
+            "kind": "train",
+            "model": "resnet",
+            "dataset": {"name": "fashion-mnist", "classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "image_size": 32},
+            "training": {"preset": "fast", "epochs": 3, "batch_size": 128, "width": 0.125},
         },
     },
     "vae-kmeans": {
@@ -75,7 +84,7 @@ JOB_EXAMPLES = {
         "value": {
             "kind": "train",
             "model": "vae-kmeans",
-            "dataset": {"name": "mnist", "digits": [3, 8], "image_size": 64, "condition": "noisy"},
+            "dataset": {"name": "mnist", "classes": [3, 8], "image_size": 64, "condition": "noisy"},
             "training": {"epochs": 10},
         },
     },
@@ -84,7 +93,7 @@ JOB_EXAMPLES = {
         "value": {
             "kind": "train",
             "model": "conv-vae-kmeans",
-            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32, "condition": "noisy"},
+            "dataset": {"name": "mnist", "classes": [0, 1], "image_size": 32, "condition": "noisy"},
             "training": {"epochs": 4, "batch_size": 32, "width": 0.25},
         },
     },
@@ -98,7 +107,7 @@ JOB_EXAMPLES = {
             "kind": "experiment",
             "models": ["resnet", "unet-pretrained"],
             "conditions": ["vanilla"],
-            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+            "dataset": {"name": "mnist", "classes": [0, 1], "image_size": 32},
             "training": {"epochs": 2, "width": 0.125},
         },
     },
@@ -119,7 +128,7 @@ JOB_EXAMPLES = {
             "kind": "experiment",
             "models": ["vgg", "resnet", "unet", "unet-pretrained", "vae-svm", "vae-kmeans"],
             "conditions": ["vanilla", "imbalance", "noisy"],
-            "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+            "dataset": {"name": "mnist", "classes": [0, 1], "image_size": 32},
             "training": {"epochs": 2, "width": 0.125},
         },
     },
@@ -215,6 +224,7 @@ class ModelOut(BaseModel):
     model: str = Field(validation_alias="name")
     config: dict[str, Any] = Field(description="the RunConfig it was trained with")
     classes: list[int] = Field(description="the label each class index stands for")
+    class_names: list[str] = Field(description="the name of each class, in the order of `classes`")
     parameter_count: int
     train_seconds: float
     final_metrics: dict[str, Any]
@@ -226,8 +236,11 @@ class ModelOut(BaseModel):
     @classmethod
     def of(cls, model: Any, artifact: ArtifactStatus) -> ModelOut:
         """A registry row with the status of its files, which the row does not hold."""
-        names = [field.validation_alias or name for name, field in cls.model_fields.items() if name != "artifact"]
-        return cls.model_validate({**{name: getattr(model, name) for name in names}, "artifact": artifact})
+        names = [field.validation_alias or name for name, field in cls.model_fields.items()
+                 if name not in ("artifact", "class_names")]
+        class_names = RunConfig.from_dict(model.config).dataset.class_names
+        return cls.model_validate({**{name: getattr(model, name) for name in names}, "class_names": class_names,
+                                   "artifact": artifact})
 
 
 class ModelMetrics(BaseModel):
@@ -258,12 +271,14 @@ class PixelsRequest(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: int = Field(description="the original label (digit) of the predicted class")
+    label: int = Field(description="the dataset's own label (0-9) of the predicted class")
+    name: str = Field(description="that class's name: the digit for MNIST, the article for Fashion-MNIST "
+                      "(\"ankle boot\")")
     class_index: int
     probabilities: dict[str, float] = Field(description="keyed by label")
     cluster: int | None = Field(None, description="VAE + K-means: the nearest cluster")
     distance: float | None = Field(None, description="VAE + K-means: distance to that cluster's centre")
-    margin: float | None = Field(None, description="VAE + SVM: signed margin, positive for the second class")
+    margin: float | None = Field(None, description="two-class VAE + SVM: signed margin, positive for the second class")
 
 
 class PredictResponse(BaseModel):
@@ -347,7 +362,7 @@ class WassersteinClass(BaseModel):
 
 
 class WassersteinReference(BaseModel):
-    labels: list[int] = Field(description="the two classes compared")
+    labels: list[int] = Field(description="the two classes compared: the model's first two")
     wasserstein: float = Field(description="sliced W1 between the validation images of the two classes")
     std_error: float
 
@@ -376,7 +391,7 @@ class WassersteinReport(BaseModel):
     split: Literal["validation"] = Field("validation", description="the split of the model's own dataset config")
     classes: list[WassersteinClass] = Field(description="per class: originals against the VAE's reconstructions "
                                             "(decoded latent means)")
-    reference: WassersteinReference = Field(description="class 0 against class 1 originals")
+    reference: WassersteinReference = Field(description="class index 0 against class index 1 originals")
     published: WassersteinReferences = Field(description="the paper's figures and what the authors' code gives")
 
 
@@ -384,6 +399,7 @@ class EvaluationReport(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "model_id": "3f2c9a7e5b1d4c8f9e0a1b2c3d4e5f60", "trained_condition": "vanilla", "condition": "noisy",
         "accuracy": 0.6137, "confusion_matrix": [[812, 168], [650, 485]], "n_images": 2115, "classes": [0, 1],
+        "class_names": ["0", "1"],
     }]})
 
     model_id: str
@@ -393,7 +409,8 @@ class EvaluationReport(BaseModel):
     confusion_matrix: list[list[int]] = Field(description="rows: true class, columns: predicted class, "
                                               "in the order of `classes`")
     n_images: int
-    classes: list[int] = Field(description="the label (digit) of each class index")
+    classes: list[int] = Field(description="the label (0-9) of each class index")
+    class_names: list[str] = Field(description="the name of each class, in the order of `classes`")
 
 
 FloatVector = Annotated[list[float], Field(min_length=1)]

@@ -46,6 +46,18 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def fashion_data_dir(data_dir: Path) -> Path:
+    """The data directory, which must hold Fashion-MNIST too (.ci/run unpacks Debian's copy there);
+    tests that need it are skipped where it is missing, except under CI=true, where they fail."""
+    if not (data_dir / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        message = f"Fashion-MNIST is not in {data_dir}/FashionMNIST/raw (README: Fashion-MNIST)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
 def mnist32(data_dir: Path):
     """MNIST 0 vs 1 at 32x32, the CPU-sized setting every ml test trains on."""
     from ml.config import DatasetConfig
@@ -307,14 +319,16 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def write_mnist_pngs(data_dir: Path, out_dir: Path, digits: tuple[int, ...], count: int) -> list[tuple[Path, int]]:
-    """The first `count` MNIST test images of `digits` as PNG files, with their labels."""
-    raw = data_dir / "MNIST" / "raw"
+def write_pngs(data_dir: Path, out_dir: Path, labels_kept: tuple[int, ...], count: int,
+               folder: str = "MNIST") -> list[tuple[Path, int]]:
+    """The first `count` test images of `labels_kept` of MNIST (or of another data set in torchvision's
+    `folder`) as PNG files, with their labels."""
+    raw = data_dir / folder / "raw"
     images, labels = read_idx(raw / "t10k-images-idx3-ubyte"), read_idx(raw / "t10k-labels-idx1-ubyte")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for index in np.flatnonzero(np.isin(labels, digits))[:count]:
-        path = out_dir / f"mnist-{index}-{labels[index]}.png"
+    for index in np.flatnonzero(np.isin(labels, labels_kept))[:count]:
+        path = out_dir / f"{folder.lower()}-{index}-{labels[index]}.png"
         Image.fromarray(images[index]).save(path)
         written.append((path, int(labels[index])))
     return written
@@ -323,4 +337,4 @@ def write_mnist_pngs(data_dir: Path, out_dir: Path, digits: tuple[int, ...], cou
 @pytest.fixture(scope="session")
 def mnist_pngs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
     """240 PNGs of real MNIST test 0s and 1s, with their labels."""
-    return write_mnist_pngs(data_dir, tmp_path_factory.mktemp("pngs"), (0, 1), 240)
+    return write_pngs(data_dir, tmp_path_factory.mktemp("pngs"), (0, 1), 240)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ml.analysis.bayes import BayesClassifier, bayes_risk, empirical_risk
 from ml.config import MODEL_NAMES, PAPER_MODELS, DatasetConfig, PresetName, Range, RunConfig, TrainingConfig, check_fields
-from ml.data import Dataset, load_dataset
+from ml.data import load_dataset
 from ml.models import parameter_count, predict
 from ml.train import train
 
@@ -98,7 +98,7 @@ def excess_risk(
         x_eval, y_eval = data.x_val, data.y_val
         risk_star = empirical_risk(h_star.predict(x_eval.flatten(1).double().numpy()), y_eval.numpy())
         bayes_rn.append(risk_star)
-        on_eval = Dataset(x_eval, y_eval, x_eval, y_eval, data.classes)
+        on_eval = replace(data, x_train=x_eval, y_train=y_eval)
         for name in cfg.models:
             run = RunConfig(model=name, dataset=data_cfg, training=replace(cfg.training, seed=cfg.training.seed + r))
             h_hat = train(run, data, device=device).model

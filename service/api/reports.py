@@ -86,7 +86,7 @@ def wasserstein_report(loaded, model_id: str, projections: int, seed: int, norma
         "normalized": normalize,
         "split": "validation",
         "classes": classes,
-        "reference": {"labels": list(data.classes), "wasserstein": reference.mean, "std_error": reference.std_error},
+        "reference": {"labels": list(data.classes[:2]), "wasserstein": reference.mean, "std_error": reference.std_error},
         "published": WASSERSTEIN_REFERENCES,
     }
 

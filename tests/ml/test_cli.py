@@ -47,8 +47,8 @@ def test_train_without_data_says_how_to_fix(tmp_path):
 
 
 def test_bad_flag_value_is_a_clear_error(tmp_path):
-    done = classcomp("train", "--model", "vgg", "--digits", "3", "3", "--out", str(tmp_path / "x"))
-    assert done.returncode != 0 and "two different digits" in done.stderr
+    done = classcomp("train", "--model", "vgg", "--classes", "3", "3", "--out", str(tmp_path / "x"))
+    assert done.returncode != 0 and "different labels" in done.stderr
 
 
 def test_models_lists_paper_sizes():

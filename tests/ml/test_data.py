@@ -4,11 +4,11 @@ import torch
 from scipy import stats
 
 from ml.config import DatasetConfig
-from ml.data import MissingDataError, corrupt, load_dataset, load_mnist_digits
+from ml.data import MissingDataError, corrupt, load_dataset, load_images
 
 
 def test_mnist_two_digits_in_paper_range(mnist32, data_dir):
-    images, digits = load_mnist_digits(data_dir, train=True)
+    images, digits = load_images("mnist", data_dir, train=True)
     n0, n1 = int((digits == 0).sum()), int((digits == 1).sum())
     assert len(mnist32.x_train) == n0 + n1
     assert int(mnist32.y_train.sum()) == n1
@@ -18,8 +18,8 @@ def test_mnist_two_digits_in_paper_range(mnist32, data_dir):
 
 
 def test_other_digit_pair_keeps_original_labels(data_dir):
-    data = load_dataset(DatasetConfig(digits=[3, 8], image_size=32), data_dir)
-    _, digits = load_mnist_digits(data_dir, train=False)
+    data = load_dataset(DatasetConfig(classes=[3, 8], image_size=32), data_dir)
+    _, digits = load_images("mnist", data_dir, train=False)
     assert data.classes == [3, 8]
     assert len(data.y_val) == int(((digits == 3) | (digits == 8)).sum())
     assert int(data.y_val.sum()) == int((digits == 8).sum())

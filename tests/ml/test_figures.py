@@ -4,6 +4,7 @@ Tiny models (width 0.125, 32x32, one epoch, 2000 MNIST 0/1 images) are trained o
 """
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,8 +27,8 @@ from ml.models import build_model
 from ml.train import TrainResult, train
 
 SIZE, WIDTH = 32, 0.125
-CNN_FIGURES = {"training-curves", "kernels", "feature-maps"}
-VAE_FIGURES = {"training-curves", "latent-tsne", "latent-classifiers", "reconstructions"}
+CNN_FIGURES = {"training-curves", "confusion-matrix", "kernels", "feature-maps"}
+VAE_FIGURES = {"training-curves", "confusion-matrix", "latent-tsne", "latent-classifiers", "reconstructions"}
 # A convolutional VAE has both kinds: kernels and feature maps of its encoder, and a latent space.
 APPLICABLE = {"vgg": CNN_FIGURES, "vae-svm": VAE_FIGURES, "vae-kmeans": VAE_FIGURES,
               "conv-vae-svm": CNN_FIGURES | VAE_FIGURES, "conv-vae-kmeans": CNN_FIGURES | VAE_FIGURES}
@@ -42,7 +43,7 @@ def _config(model: str) -> RunConfig:
 @pytest.fixture(scope="module")
 def data(mnist32: Dataset) -> Dataset:
     full = mnist32
-    return Dataset(full.x_train[:2000], full.y_train[:2000], full.x_val[:600], full.y_val[:600], full.classes)
+    return replace(full, x_train=full.x_train[:2000], y_train=full.y_train[:2000], x_val=full.x_val[:600], y_val=full.y_val[:600])
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +142,8 @@ def test_latent_classifiers_show_whichever_classifier_exists() -> None:
     z = torch.randn(120, 4, generator=torch.Generator().manual_seed(0))
     labels = (z[:, 0] > 0).long()
     w, b = torch.tensor([1.0, 0.0, 0.0, 0.0]), 0.0
-    kmeans_only = _pixels(latent_classifiers(z, labels, kmeans_labels=labels))
-    both = _pixels(latent_classifiers(z, labels, kmeans_labels=labels, svm_w=w, svm_b=b))
+    kmeans_only = _pixels(latent_classifiers(z, labels, assigned=labels))
+    both = _pixels(latent_classifiers(z, labels, assigned=labels, svm_w=w, svm_b=b))
     assert both.shape[1] > kmeans_only.shape[1]  # two panels side by side
     _assert_plausible(latent_classifiers(z, labels, svm_w=w, svm_b=b))
     with pytest.raises(ValueError, match="nothing to show"):

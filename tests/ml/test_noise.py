@@ -19,7 +19,7 @@ import torchvision.transforms.functional as TF
 
 from ml.data import (
     NOISY_STEPS, _affine, _blur, _perspective, _sharpen, add_gaussian_noise, authors_transforms, corrupt,
-    load_mnist_digits, random_adjust_sharpness, random_affine, random_erasing, random_perspective, select_digits,
+    load_images, random_adjust_sharpness, random_affine, random_erasing, random_perspective, select_classes,
     to_model_input,
 )
 
@@ -71,7 +71,7 @@ def images(mnist32):
 @pytest.fixture(scope="module")
 def images64(data_dir):
     """The first N validation images at the paper's 64x64, without resizing the training split."""
-    images, _ = select_digits(*load_mnist_digits(data_dir, train=False), [0, 1])
+    images, _ = select_classes(*load_images("mnist", data_dir, train=False), [0, 1])
     return to_model_input(images[:N], 64)
 
 

@@ -20,7 +20,7 @@ MNIST_EXPERIMENT = {
     "kind": "experiment",
     "models": ["resnet", "unet-pretrained"],
     "conditions": ["vanilla", "noisy"],
-    "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+    "dataset": {"name": "mnist", "classes": [0, 1], "image_size": 32},
     "training": {"epochs": 1, "width": 0.03125, "batch_size": 128},
 }
 
@@ -30,7 +30,7 @@ def small_train_job(model: str, epochs: int = 2, **training: Any) -> dict:
     return {
         "kind": "train",
         "model": model,
-        "dataset": {"name": "mnist", "digits": [0, 1], "image_size": 32},
+        "dataset": {"name": "mnist", "classes": [0, 1], "image_size": 32},
         "training": {"epochs": epochs, "width": 0.125, "batch_size": 128, **training},
     }
 

@@ -174,7 +174,7 @@ def test_the_estimate_agrees_with_a_real_model_on_the_cpu(model):
 
 
 def test_the_estimate_counts_the_mnist_images_a_job_loads(data_dir):
-    cfg = RunConfig(model="vgg", dataset=DatasetConfig(digits=[3, 8], image_size=32))
+    cfg = RunConfig(model="vgg", dataset=DatasetConfig(classes=[3, 8], image_size=32))
     data = load_dataset(cfg.dataset, data_dir)
     assert estimate(cfg).images == data.x_train.nbytes + data.x_val.nbytes
 
