@@ -258,6 +258,13 @@ class TrainingConfig:
         check_fields(self)
 
 
+def check_clusters(training: TrainingConfig, dataset: DatasetConfig) -> None:
+    """K-means needs a cluster for every class."""
+    k = len(dataset.classes)
+    if training.n_clusters is not None and training.n_clusters < k:
+        raise ValueError(f"n_clusters must be at least the number of classes ({k}), so every class gets a cluster")
+
+
 @dataclass
 class RunConfig:
     """A model to train on a dataset. `init_from` names the resnet whose encoder a
@@ -273,9 +280,8 @@ class RunConfig:
             raise ValueError("init_from is required for unet-pretrained: the resnet to start the encoder from")
         if self.model != "unet-pretrained" and self.init_from:
             raise ValueError("init_from applies only to unet-pretrained")
-        k = len(self.dataset.classes)
-        if self.model in KMEANS_MODELS and self.n_clusters < k:
-            raise ValueError(f"n_clusters must be at least the number of classes ({k}), so every class gets a cluster")
+        if self.model in KMEANS_MODELS:
+            check_clusters(self.training, self.dataset)
 
     @property
     def n_clusters(self) -> int:

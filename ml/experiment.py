@@ -21,7 +21,10 @@ import torch
 
 from ml import figures
 from ml.artifacts import json_safe
-from ml.config import CONDITIONS, MODEL_NAMES, PAPER_MODELS, SVM_MODELS, DatasetConfig, RunConfig, TrainingConfig
+from ml.config import (
+    CONDITIONS, KMEANS_MODELS, MODEL_NAMES, PAPER_MODELS, SVM_MODELS, DatasetConfig, RunConfig, TrainingConfig,
+    check_clusters,
+)
 from ml.data import Dataset, load_dataset
 from ml.evaluation import condition_config, evaluate
 from ml.models import parameter_count
@@ -79,6 +82,8 @@ class ExperimentConfig:
             raise ValueError("models and conditions must not repeat")
         if "unet-pretrained" in self.models and "resnet" not in self.models:
             raise ValueError("unet-pretrained starts from the resnet of its condition: include resnet in models")
+        if any(m in KMEANS_MODELS for m in self.models):
+            check_clusters(self.training, self.dataset)
 
     def cells(self) -> list[tuple[str, str]]:
         """(model, condition) in training order: each condition's resnet before its unet-pretrained."""
