@@ -157,6 +157,8 @@ class DatasetConfig:
             raise ValueError(f"classes must be 2 to {len(known)} different labels of {self.name}")
         if not all(c in known for c in self.classes):
             raise ValueError(f"{self.name} has the labels {known.start} to {known.stop - 1}, got classes {self.classes}")
+        if self.name == "gaussian" and self.classes != [0, 1]:
+            raise ValueError("the gaussian images have two classes, [0, 1], set apart by mean and std")
         if self.imbalance_class is not None and self.imbalance_class not in self.classes:
             raise ValueError(f"imbalance_class must be one of classes {self.classes}, got {self.imbalance_class}")
         n_pixels = self.image_size**2

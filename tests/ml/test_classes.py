@@ -101,8 +101,9 @@ def test_bad_class_lists_are_refused(classes):
 
 
 def test_gaussian_images_have_two_classes_only():
-    with pytest.raises(ValueError):
-        DatasetConfig(name="gaussian", classes=[0, 1, 2])
+    for classes in ([0, 1, 2], [1, 0]):
+        with pytest.raises(ValueError, match="classes"):
+            DatasetConfig(name="gaussian", classes=classes)
 
 
 # Imbalance on K classes: sizes checked against their definition, computed here with numpy.
