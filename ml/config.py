@@ -105,6 +105,7 @@ def check_fields(config: Any) -> None:
             raise ValueError(f"{f.name} must be {bounds}, got {value}")
 
 
+DATASET_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "gaussian": "Gaussian images"}
 # Each dataset's class names by label: the images' own labels 0-9 (the Gaussian images have two).
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(str(digit) for digit in range(10)),
@@ -185,9 +186,9 @@ class DatasetConfig:
     @property
     def description(self) -> str:
         """The images in words: "MNIST 0 vs 1", "Fashion-MNIST, 10 classes", "Gaussian images"."""
+        title = DATASET_TITLES[self.name]
         if self.name == "gaussian":
-            return "Gaussian images"
-        title = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[self.name]
+            return title
         if len(self.classes) == 2:
             return f"{title} {self.class_names[0]} vs {self.class_names[1]}"
         return f"{title}, {len(self.classes)} classes" + ("" if len(self.classes) == 10 else f" ({', '.join(self.class_names)})")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ml.config import DatasetConfig
+from ml.config import DATASET_TITLES, DatasetConfig
 from ml.errors import UserError
 
 # torchvision's dataset class of each image set, and the folder under the data directory it reads.
@@ -75,7 +75,7 @@ def load_images(name: str, data_dir: str | Path, train: bool, download: bool = F
         debian = (" Debian's package dataset-fashion-mnist has them, gzipped, in /usr/share/datasets/fashion-mnist:"
                   f" gunzip them into {raw}." if name == "fashion-mnist" else "")
         raise MissingDataError(
-            f"{name} was not found in {raw} (looked for {', '.join(MNIST_FILES)})"
+            f"{DATASET_TITLES[name]} was not found in {raw} (looked for {', '.join(MNIST_FILES)})"
             + ("" if download else " and downloading is off")
             + f". Point CLASSCOMP_DATA_DIR at a directory holding {folder}/raw/ with those four files,"
             " or set CLASSCOMP_DOWNLOAD=1 on a machine with internet access to fetch them." + debian

@@ -66,13 +66,13 @@ def test_reproduce_runs_the_grid_on_fashion_mnist_ten_classes(tmp_path, fashion_
     set beside it."""
     out = tmp_path / "fashion"
     done = run(["-m", "service.cli", "reproduce", "--preset", "quick", "--dataset", "fashion-mnist", "--classes", "all",
-                "--models", "vgg", "vae-kmeans", "--conditions", "vanilla", "--epochs", "1", "--batch-size", "256",
+                "--models", "vgg", "--conditions", "vanilla", "--epochs", "1", "--batch-size", "256",
                 "--out", str(out)], fashion_data_dir)
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "tables.json").read_text())
     assert report["grid"]["dataset"]["name"] == "fashion-mnist" and report["grid"]["dataset"]["classes"] == list(range(10))
     accuracy = {r["model"]: r["val_accuracy"] for r in report["rows"]}
-    assert accuracy["vgg"] > 0.5 and accuracy["vae-kmeans"] > 0.3  # ten classes: chance is 0.1
+    assert accuracy["vgg"] > 0.5  # ten classes: chance is 0.1
     assert all(v["vanilla"]["paper"] is None for v in report["table_1"]["values"].values())
     markdown = (out / "tables.md").read_text()
     assert "Fashion-MNIST, 10 classes at 32x32" in markdown and "paper" not in markdown.split("###", 1)[1]
