@@ -19,8 +19,8 @@ from torch import Tensor
 from ml.config import DATASET_TITLES, DatasetConfig
 from ml.errors import UserError
 
-# torchvision's dataset class of each image set, and the folder under the data directory it reads.
-TORCHVISION = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "FashionMNIST")}
+# torchvision's dataset class of each image set; it reads CLASS/raw/ under the data directory.
+TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -66,10 +66,10 @@ def load_images(name: str, data_dir: str | Path, train: bool, download: bool = F
     """All images (uint8, N x 28 x 28) and labels (0-9) of one split of MNIST or Fashion-MNIST."""
     import torchvision.datasets
 
-    cls, folder = TORCHVISION[name]
+    folder = TORCHVISION[name]
     root = Path(data_dir).expanduser()
     try:
-        images = getattr(torchvision.datasets, cls)(root=str(root), train=train, download=download)
+        images = getattr(torchvision.datasets, folder)(root=str(root), train=train, download=download)
     except RuntimeError as exc:  # torchvision's "Dataset not found", or a failed download
         raw = root / folder / "raw"
         debian = (" Debian's package dataset-fashion-mnist has them, gzipped, in /usr/share/datasets/fashion-mnist:"

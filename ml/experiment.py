@@ -287,9 +287,9 @@ def device_name(device: str | torch.device) -> str:
     return f"CPU: {model or 'unknown'} (torch threads: {torch.get_num_threads()})"
 
 
-# Per cell: its training curves (figures 1-3), its confusion matrix and, for a VAE, its reconstructions (figure 9) and the
-# t-SNE of its latent space with the K-means labels or SVM hyperplane (figures 7-8). A figure the
-# model kind lacks is skipped.
+# Per cell: its training curves (figures 1-3), its confusion matrix and, for a VAE, its
+# reconstructions (figure 9) and the t-SNE of its latent space with the K-means labels or SVM
+# hyperplane (figures 7-8). A figure the model kind lacks is skipped.
 CELL_FIGURES = ("training-curves", "confusion-matrix", "reconstructions", "latent-classifiers")
 
 
