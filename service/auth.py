@@ -30,6 +30,8 @@ from service.errors import ApiError, error_response
 from service.settings import ApiToken, Settings, get_settings
 
 PROBES = ("/healthz", "/readyz")
+# The dashboard's shell and scripts (service/api/pages.py): code, no data; its data needs a token.
+DASHBOARD_PAGE, DASHBOARD_ASSETS = "/", "/static/"
 # POSTs that only compute an answer and change nothing, so a read token may call them.
 READ_ONLY = frozenset({
     ("POST", "/v1/models/{model_id}/predict"),
@@ -51,11 +53,14 @@ class Policy:
     def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.tokens = [(_digest(token.token), token) for token in settings.tokens]
         docs = (app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url)
-        self.public = {*PROBES, *(["/metrics"] if settings.metrics_public else []), *filter(None, docs)}
+        self.public = {*PROBES, DASHBOARD_PAGE, *(["/metrics"] if settings.metrics_public else []), *filter(None, docs)}
+
+    def is_public(self, path: str) -> bool:
+        return path in self.public or path.startswith(DASHBOARD_ASSETS)
 
     def required_role(self, method: str, path: str) -> str | None:
         """'read', 'write', or None for a public path."""
-        if path in self.public:
+        if self.is_public(path):
             return None
         return "read" if method == "GET" or (method, path) in READ_ONLY else "write"
 
@@ -116,7 +121,7 @@ class AuthMiddleware:
         self.policy = policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or get_route_path(scope) in self.policy.public:
+        if scope["type"] != "http" or self.policy.is_public(get_route_path(scope)):
             await self.app(scope, receive, send)
             return
         caller = self.policy.identify(Headers(scope=scope))

@@ -12,9 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from ml.config import (
     CLASS_NAMES, CONDITIONS, DATASET_NAMES, IMBALANCE_PROFILES, MODEL_NAMES, PRESETS, DatasetConfig, RunConfig,
@@ -414,12 +414,16 @@ def _call(client, method: str, path: str, **kwargs) -> dict:
     except httpx.TransportError as exc:
         sys.exit(f"classcomp: cannot reach the service at {client.base_url} ({exc}); start it with `classcomp serve`")
     if response.is_error:
-        try:
-            error = response.json()["error"]
-            sys.exit(f"classcomp: {error['message']} ({response.status_code} {error['code']})")
-        except (ValueError, KeyError, TypeError):
-            sys.exit(f"classcomp: {response.status_code} {response.text}")
+        _call_error(response)
     return response.json()
+
+
+def _call_error(response) -> NoReturn:
+    try:
+        error = response.json()["error"]
+        sys.exit(f"classcomp: {error['message']} ({response.status_code} {error['code']})")
+    except (ValueError, KeyError, TypeError):
+        sys.exit(f"classcomp: {response.status_code} {response.text}")
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -433,19 +437,61 @@ def cmd_submit(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
-def wait_for_job(client, job: dict, poll_seconds: float = 1.0) -> dict:
+def job_events(client, job_id: str, after: int = 0) -> Iterator[tuple[str, dict, int | None]]:
+    """(event, data, id) from GET /v1/jobs/{id}/events (service/api/job_events.py), resuming after epoch
+    `after`; ends when the server closes the stream."""
+    import httpx
+
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+    # No read timeout: the server sends a keep-alive comment while a job is quiet.
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                       timeout=httpx.Timeout(60, read=None)) as response:
+        if response.is_error:
+            response.read()
+            _call_error(response)
+        event, event_id, data = "message", None, []
+        for line in response.iter_lines():
+            if line == "":
+                if data:
+                    yield event, json.loads("\n".join(data)), event_id
+                event, event_id, data = "message", None, []
+            elif not line.startswith(":"):
+                field, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if field == "event":
+                    event = value
+                elif field == "id":
+                    event_id = int(value)
+                elif field == "data":
+                    data.append(value)
+
+
+def wait_for_job(client, job: dict, retries: int = 5) -> dict:
+    """Follow a job's event stream to its end with a progress bar; a dropped stream is resumed."""
+    import httpx
     from tqdm import tqdm
 
+    seen = 0
     with tqdm(total=None, unit="epoch", desc=f"job {job['id'][:8]}", file=sys.stderr) as bar:
-        while job["status"] in ("queued", "running"):
-            time.sleep(poll_seconds)
-            job = _call(client, "GET", f"/v1/jobs/{job['id']}")
-            progress = job["progress"]
-            if progress["epochs"] and bar.total != progress["epochs"]:
-                bar.reset(total=progress["epochs"])
-            bar.update(progress["epoch"] - bar.n)
-            bar.set_postfix_str(job["status"])
-    return job
+        for attempt in range(retries + 1):
+            try:
+                for event, data, event_id in job_events(client, job["id"], after=seen):
+                    if event == "end":
+                        return data
+                    if event == "epoch":
+                        seen = event_id
+                        progress = data["progress"]
+                        if progress["epochs"] and bar.total != progress["epochs"]:
+                            bar.reset(total=progress["epochs"])
+                        bar.update(progress["epoch"] - bar.n)
+                    status = data.get("status", "running")
+                    eta = data.get("eta_seconds")
+                    bar.set_postfix_str(status if eta is None else f"{status}, ETA {eta:.0f} s")
+            except httpx.TransportError as exc:
+                if attempt == retries:
+                    sys.exit(f"classcomp: lost the event stream of job {job['id']} ({exc})")
+            time.sleep(1)
+    return _call(client, "GET", f"/v1/jobs/{job['id']}")
 
 
 def cmd_jobs(args: argparse.Namespace) -> None:
