@@ -36,6 +36,16 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 POLL_SECONDS = 0.5
 # Proxies and browsers drop a connection that stays silent for long; a comment line keeps it open.
 KEEP_ALIVE_SECONDS = 15.0
+# One event of the stream, as OpenAPI 3.1 tools (Schemathesis) read the schema of text/event-stream.
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["status", "epoch", "end"]},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "an epoch event's index"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 
 
 def sse(event: str, data: Any, event_id: int | None = None) -> str:
@@ -95,11 +105,12 @@ async def job_events(job_id: str, after: int) -> AsyncIterator[str]:
     "every metrics record in order with `eta_seconds`, then `end` with the finished job; the stream then "
     "closes. Send `Last-Event-ID: n` to resume after the n-th epoch.",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    responses={200: {"content": {"text/event-stream": {"schema": EVENT_SCHEMA}}}},
 )
 def stream_job_events(
-    job_id: str, session: SessionDep, last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    job_id: str, session: SessionDep,
+    last_event_id: Annotated[int, Header(ge=0, description="resume after this epoch's event")] = 0,
 ) -> StreamingResponse:
     get_job_or_404(session, job_id)  # a 404 as JSON, before the stream starts
-    return StreamingResponse(job_events(job_id, last_event_id or 0), media_type="text/event-stream",
+    return StreamingResponse(job_events(job_id, last_event_id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
