@@ -150,6 +150,16 @@ def test_write_token_submits_cancels_and_deletes_read_token_lists_and_predicts(s
         assert_error(reader.get(f"/v1/models/{model_id}"), 404, "model_not_found")
 
 
+def test_the_dashboard_is_public_code_and_its_data_needs_a_token(secured):
+    page = httpx.get(f"{secured.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    script = httpx.get(f"{secured.url}/static/js/lib.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert_error(httpx.get(f"{secured.url}/v1/jobs"), 401, "authentication_required")
+    # Public by prefix, not by resemblance: a path merely starting like the assets' is guarded.
+    assert_error(httpx.get(f"{secured.url}/staticfiles"), 401, "authentication_required")
+
+
 def test_cors_preflight_answers_the_allowed_origin_only(secured):
     preflight = {"Access-Control-Request-Method": "DELETE", "Access-Control-Request-Headers": "authorization"}
     allowed = httpx.options(f"{secured.url}/v1/models/{SOME_ID}", headers={"Origin": ORIGIN, **preflight})
