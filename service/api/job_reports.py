@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, Response
 
-from ml.experiment import markdown_tables
+from ml.experiment import markdown_tables, paper_tables
 from ml.figures import FigureNotApplicable, excess_risk_plot
 from service import registry
 from service.api.deps import SweptSessionDep, get_job_or_404
 from service.errors import ApiError
 from service.registry import JobStatus
-from service.schemas import ERROR_RESPONSES
+from service.schemas import ERROR_RESPONSES, job_request_adapter
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={**ERROR_RESPONSES, 406: ERROR_RESPONSES[409]})
 
@@ -90,9 +90,14 @@ def error_analysis_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def on_papers_task(job: registry.Job) -> bool:
+    """Whether an experiment ran on the paper's own task (MNIST 0 vs 1), where its numbers stand beside ours."""
+    return job_request_adapter.validate_python(job.request).experiment_config().dataset.is_papers
+
+
 def markdown(job: registry.Job, report: dict[str, Any]) -> str:
     if job.kind == "experiment":
-        return f"## Experiment {job.id}\n\n" + markdown_tables(report["rows"])
+        return f"## Experiment {job.id}\n\n" + markdown_tables(report["rows"], paper=on_papers_task(job))
     return f"## Error analysis {job.id}\n\n" + error_analysis_markdown(report)
 
 
@@ -109,7 +114,8 @@ def _status_text(job: registry.Job) -> str:
 @router.get(
     "/{job_id}/report",
     summary="The report of an experiment or error-analysis job",
-    description="JSON by default; Markdown (the experiment's accuracy and time tables, or the error "
+    description="JSON by default (an experiment's also lays out Tables 1 and 2 as `tables`, the paper's "
+    "numbers beside ours when it ran on the paper's task, MNIST 0 vs 1); Markdown (the experiment's accuracy and time tables, or the error "
     "analysis's EE/AE table and Bayes risk) with `?format=md` or `Accept: text/markdown`; for an error "
     "analysis, a PNG plot of EE and AE against parameter count (log scale) with `?format=png` or "
     "`Accept: image/png`. `format` wins over Accept. An experiment some of whose cells failed reports the "
@@ -145,4 +151,6 @@ def get_report(
         except FigureNotApplicable as exc:
             raise ApiError(409, "no_plot", str(exc)) from exc
         return Response(png, media_type="image/png", headers=headers)
+    if job.kind == "experiment":
+        report = {**report, "tables": paper_tables(report["rows"], paper=on_papers_task(job))}
     return JSONResponse(report, headers=headers)

@@ -231,13 +231,26 @@ def test_experiment_report_rows(client, experiment):
             assert "noisy_val_accuracy" not in row
 
 
+def test_experiment_report_lays_out_the_papers_tables(client, experiment):
+    report = client.get(f"/v1/jobs/{experiment['id']}/report").json()
+    accuracy, seconds = report["tables"]["table_1"], report["tables"]["table_2"]
+    assert accuracy["models"] == ["resnet", "unet-pretrained"] and accuracy["conditions"] == ["vanilla", "noisy"]
+    rows = {(r["model"], r["condition"]): r for r in report["rows"]}
+    resnet_vanilla, resnet_noisy = accuracy["values"]["resnet"]["vanilla"], accuracy["values"]["resnet"]["noisy"]
+    assert resnet_vanilla == {"ours": round(100 * rows["resnet", "vanilla"]["val_accuracy"], 2), "paper": 99.95}
+    assert resnet_noisy["paper"] == 96.88 and resnet_noisy["trained_clean"]["ours"] == round(
+        100 * rows["resnet", "vanilla"]["noisy_val_accuracy"], 2)
+    assert seconds["values"]["unet-pretrained"]["noisy"] == {
+        "ours": rows["unet-pretrained", "noisy"]["train_seconds"], "paper": 1793.42}
+
+
 def test_experiment_report_as_markdown_and_no_png(client, experiment):
     url = f"/v1/jobs/{experiment['id']}/report"
     response = client.get(url, headers={"Accept": "text/markdown"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/markdown")
     text = response.text
     assert "### Validation accuracy (%)" in text and "### Training time (seconds)" in text
-    assert "| model | vanilla | noisy |" in text
+    assert "| model | vanilla | vanilla: paper | noisy | noisy: paper |" in text  # the paper's task: its numbers beside
     rows = {r["model"]: r for r in client.get(url).json()["rows"] if r["condition"] == "noisy"}
     brackets = {r["model"]: r["noisy_val_accuracy"] for r in client.get(url).json()["rows"] if r["condition"] == "vanilla"}
     for model in ("resnet", "unet-pretrained"):
