@@ -12,14 +12,16 @@ those tests are skipped, except under CI=true, where they fail.
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -194,7 +196,7 @@ def analysis_models(embedded_service: Service) -> dict[str, str]:
     """Ids of three models trained once on `embedded_service` for the report and figure tests: a VGG and a
     VAE + K-means on tiny synthetic images (seconds), a VAE + SVM on MNIST 0 vs 1 (one epoch) whose
     reconstructions the Wasserstein report measures. Tests must not delete them."""
-    from api_helpers import TINY_GAUSSIAN, small_train_job, submit, wait_finished  # tests/service is on sys.path
+    from api_helpers import TINY_GAUSSIAN, small_train_job, submit, wait_finished
 
     bodies = {
         "vgg": {"kind": "train", "model": "vgg", "dataset": TINY_GAUSSIAN, "training": {"epochs": 2, "width": 0.125}},
@@ -338,3 +340,76 @@ def write_pngs(data_dir: Path, out_dir: Path, labels_kept: tuple[int, ...], coun
 def mnist_pngs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
     """240 PNGs of real MNIST test 0s and 1s, with their labels."""
     return write_pngs(data_dir, tmp_path_factory.mktemp("pngs"), (0, 1), 240)
+
+
+# --- browser tests (tests/web) ----------------------------------------------------------------------
+# Headless Chromium (Debian's `chromium`, driven by Playwright) against the embedded service. Tests save
+# screenshots of the pages they visit under `screenshots/` at the repository root (git-ignored;
+# CLASSCOMP_SCREENSHOT_DIR overrides it) for a reviewer to look at.
+
+SCREENSHOTS = Path(os.environ.get("CLASSCOMP_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / "screenshots"))
+
+
+def _chromium() -> str | None:
+    return os.environ.get("CLASSCOMP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    executable = _chromium()
+    if executable is None:
+        message = "browser tests need Chromium: apt-get install chromium (or set CLASSCOMP_CHROMIUM)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, embedded_service) -> Iterator[object]:
+    """A fresh tab on the dashboard's origin; a script error on any page fails the test."""
+    context = browser.new_context(base_url=embedded_service.url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+@pytest.fixture
+def screenshot(request: pytest.FixtureRequest) -> Callable[[object, str], Path]:
+    """screenshot(page, "name") writes screenshots/<test name>-<name>.png, whole page."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page, name: str) -> Path:
+        path = SCREENSHOTS / f"{request.node.name}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
+
+
+def drop_files(page, selector: str, paths: list[Path]) -> None:
+    """A real drop event: a DataTransfer holding the files, built in the page, dispatched on `selector`."""
+    files = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in paths]
+    transfer = page.evaluate_handle(
+        """(files) => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+                transfer.items.add(new File([bytes], f.name, { type: "image/png" }));
+            }
+            return transfer;
+        }""",
+        files,
+    )
+    page.dispatch_event(selector, "dragenter", {"dataTransfer": transfer})
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})

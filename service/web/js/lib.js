@@ -137,7 +137,8 @@ async function show(main, fallback) {
   document.title = `classcomp - ${r.title ?? path}`;
   try {
     const nodes = await r.render({ params, query: new URLSearchParams(search), signal: controller.signal });
-    if (!controller.signal.aborted) main.replaceChildren(...[nodes].flat());
+    // Nested arrays and null/false entries are allowed, as among h()'s children.
+    if (!controller.signal.aborted) main.replaceChildren(...[nodes].flat(Infinity).filter((n) => n != null && n !== false));
   } catch (error) {
     if (controller.signal.aborted) return;
     main.replaceChildren(h("h1", {}, "Something went wrong"), errorBox(error));
@@ -245,7 +246,8 @@ export function apiImage(path, { alt = "", caption = null, signal, ...options } 
   const box = h("figure", { class: "api-image" }, status, caption ? h("figcaption", {}, caption) : null);
   imageUrl(path, { signal, ...options }).then((url) => {
     signal?.addEventListener("abort", () => URL.revokeObjectURL(url));
-    status.replaceWith(h("img", { src: url, alt, class: "figure" }));
+    // A link to the image itself, to see a small figure at full size.
+    status.replaceWith(h("a", { href: url, target: "_blank" }, h("img", { src: url, alt, class: "figure" })));
   }, (error) => {
     if (!signal?.aborted) status.replaceWith(errorBox(error));
   });
