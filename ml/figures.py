@@ -116,6 +116,9 @@ def _finish_panel(ax: Axes, title: str, allow_log: bool) -> None:
     if not ax.get_lines():
         ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
         return
+    epochs = np.unique(np.concatenate([line.get_xdata() for line in ax.get_lines()]))
+    if len(epochs) == 1:  # the integer locator finds no integer in the narrow range around one point
+        ax.set_xticks(epochs)
     values = np.concatenate([line.get_ydata() for line in ax.get_lines()])
     if allow_log and (values > 0).all() and values.max() > 10 * values.min():
         ax.set_yscale("log")
@@ -377,7 +380,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str]) -> b
     ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix: {counts.trace()} of {counts.sum()} right")
+    ax.set_title(f"confusion matrix\n{counts.trace()} of {counts.sum()} right")  # two lines: two classes make a narrow figure
     fig.colorbar(image, ax=ax, label="share of the true class")
     return _png(fig)
 
