@@ -421,7 +421,7 @@ def render(
 
 
 def excess_risk_plot(report: dict) -> bytes:
-    """Estimation and approximation error against parameter count (log scale), with one
+    """Estimation and approximation error against parameter count (log scale when it spans over a decade), with one
     standard deviation over repeats as error bars, each point named by its model."""
     models = sorted(report["models"], key=lambda m: m["parameter_count"])
     if not models:
@@ -434,7 +434,10 @@ def excess_risk_plot(report: dict) -> bytes:
                     marker="o", capsize=3, color=colour, label=label)
     for m, x in zip(models, params):
         ax.annotate(m["model"], (x, m["ee_mean"]), textcoords="offset points", xytext=(4, 6), fontsize="small")
-    ax.set_xscale("log")
+    if params.max() > 10 * params.min():
+        ax.set_xscale("log")
+    else:  # within a decade, log ticks would crowd the axis with labels like 1.46e5, 1.47e5, ...
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("parameters")
     ax.set_ylabel("error (empirical risk difference)")
     ax.set_title(f"excess-risk decomposition: {report['n_train']} training images, R_n on {report['n_eval']}")

@@ -25,6 +25,18 @@ MNIST_EXPERIMENT = {
 }
 
 
+# The excess-risk decomposition on Gaussian images at a 16th of the paper's width: seconds.
+TINY_ERROR_ANALYSIS = {
+    "kind": "error-analysis",
+    "models": ["vgg", "vae-svm", "vae-kmeans"],
+    "dataset": {"name": "gaussian", "image_size": 32, "mean": [-1.0, 1.0], "std": [3.0, 3.0]},
+    "training": {"epochs": 2, "width": 0.0625, "batch_size": 32, "head_epochs": 3},
+    "n_train": 10,
+    "n_eval": 100,
+    "repeats": 2,
+}
+
+
 def small_train_job(model: str, epochs: int = 2, **training: Any) -> dict:
     """MNIST 0 vs 1 at 32x32 and an eighth of the paper's width: seconds per epoch on a CPU."""
     return {

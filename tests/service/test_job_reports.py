@@ -10,20 +10,12 @@ import io
 
 import numpy as np
 import pytest
-from api_helpers import FINISHED, MNIST_EXPERIMENT, TINY_GAUSSIAN, assert_error, registry_counts, submit, wait_finished, wait_for_job
+from api_helpers import FINISHED, MNIST_EXPERIMENT, TINY_ERROR_ANALYSIS, TINY_GAUSSIAN, assert_error, registry_counts, submit, wait_finished, wait_for_job
 from PIL import Image
 from scipy import stats
 
-MODELS = ["vgg", "vae-svm", "vae-kmeans"]
-ERROR_ANALYSIS = {
-    "kind": "error-analysis",
-    "models": MODELS,
-    "dataset": {"name": "gaussian", "image_size": 32, "mean": [-1.0, 1.0], "std": [3.0, 3.0]},
-    "training": {"epochs": 2, "width": 0.0625, "batch_size": 32, "head_epochs": 3},
-    "n_train": 10,
-    "n_eval": 100,
-    "repeats": 2,
-}
+ERROR_ANALYSIS = TINY_ERROR_ANALYSIS
+MODELS = ERROR_ANALYSIS["models"]
 EXPERIMENT = MNIST_EXPERIMENT
 
 

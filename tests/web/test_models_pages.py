@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from api_helpers import MNIST_EXPERIMENT, submit, wait_finished
+from api_helpers import MNIST_EXPERIMENT, TINY_ERROR_ANALYSIS, submit, wait_finished
 from conftest import drop_files
 from playwright.sync_api import expect
 
@@ -202,6 +202,25 @@ def test_experiment_report_shows_both_tables_beside_the_papers(page, screenshot,
     # The cells' figures: training curves of all four models.
     expect(page.locator("#report-figures img")).to_have_count(4, timeout=60_000)
     screenshot(page, "experiment-report")
+
+
+def test_error_analysis_report_shows_the_plot_and_the_decomposition(page, screenshot, client):
+    job = wait_finished(client, submit(client, TINY_ERROR_ANALYSIS)["id"], timeout=300)
+    assert job["status"] == "succeeded", job
+    report = client.get(f"/v1/jobs/{job['id']}/report").json()
+    open_page(page, f"/jobs/{job['id']}/report", "#error-analysis-table")
+    rows = page.locator("#error-analysis-table tbody tr")
+    by_size = sorted(report["models"], key=lambda m: m["parameter_count"])
+    expect(rows).to_have_count(len(by_size))
+    for row, model in zip(rows.all(), by_size):
+        assert row.get_attribute("data-model") == model["model"]
+        expect(row.locator("td").nth(1)).to_have_text(f"{model['ee_mean']:.4f} ± {model['ee_std']:.4f}")
+        expect(row.locator("td").nth(2)).to_have_text(f"{model['ae_mean']:.4f} ± {model['ae_std']:.4f}")
+    expect(page.locator("#bayes-line")).to_contain_text(f"{report['bayes']['risk']:.6g}"[:6])
+    plot = page.locator("img[alt^='estimation and approximation error']")
+    expect(plot).to_be_visible(timeout=60_000)
+    assert plot.evaluate("img => img.naturalWidth") > 0  # a decoded PNG, not a broken image
+    screenshot(page, "error-analysis-report")
 
 
 @pytest.mark.parametrize(
