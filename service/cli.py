@@ -405,8 +405,8 @@ def _client(args: argparse.Namespace):
     return httpx.Client(base_url=args.url or settings.url, timeout=60, headers=headers)
 
 
-def _call(client, method: str, path: str, **kwargs) -> dict:
-    """One API call; an error answer or an unreachable service ends the command with its message."""
+def _request(client, method: str, path: str, **kwargs):
+    """One API call's response; an error answer or an unreachable service ends the command with its message."""
     import httpx
 
     try:
@@ -415,7 +415,11 @@ def _call(client, method: str, path: str, **kwargs) -> dict:
         sys.exit(f"classcomp: cannot reach the service at {client.base_url} ({exc}); start it with `classcomp serve`")
     if response.is_error:
         _call_error(response)
-    return response.json()
+    return response
+
+
+def _call(client, method: str, path: str, **kwargs) -> dict:
+    return _request(client, method, path, **kwargs).json()
 
 
 def _call_error(response) -> NoReturn:
@@ -519,6 +523,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
         files.append(("files", (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")))
     with _client(args) as client:
         print(json.dumps(_call(client, "POST", f"/v1/models/{args.model_id}/predict", files=files), indent=2))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    output = Path(args.output or f"{args.model_id}{'' if args.part == 'classifier' else '-' + args.part}.onnx")
+    with _client(args) as client:
+        response = _request(client, "GET", f"/v1/models/{args.model_id}/export.onnx", params={"part": args.part})
+    output.write_bytes(response.content)
+    print(f"wrote {output} ({len(response.content)} bytes)", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -630,6 +644,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="PNG or JPEG files")
     p.add_argument("--url", default=None, help=url_help)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="download a model of a running service as an ONNX file")
+    p.add_argument("model_id")
+    p.add_argument("--part", default="classifier", choices=["classifier", "encoder", "decoder"],
+                   help="the classifier (default), or a VAE's encoder or decoder")
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: MODEL_ID[-PART].onnx)")
+    p.add_argument("--url", default=None, help=url_help)
+    p.set_defaults(func=cmd_export)
     return parser
 
 
