@@ -413,3 +413,14 @@ def drop_files(page, selector: str, paths: list[Path]) -> None:
     )
     page.dispatch_event(selector, "dragenter", {"dataTransfer": transfer})
     page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def fill_form(page, values: dict[str, str]) -> None:
+    """Fill a page's form as a person would, in order (a choice may show or hide the fields after it):
+    choose in a select, type in any other field."""
+    for selector, value in values.items():
+        field = page.locator(selector)
+        if field.evaluate("element => element.tagName") == "SELECT":
+            field.select_option(value)
+        else:
+            field.fill(value)

@@ -78,9 +78,11 @@ def test_cancel_reaches_every_cell_and_registers_nothing(client):
     assert sorted(statuses) == ["queued", "running", "running"], job["cells"]
     response = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 202, response.text
-    # The queued cell is cancelled at once; the running ones stop after their epoch.
-    assert [c["status"] for c in response.json()["cells"]] == [
-        "cancelled" if s == "queued" else "running" for s in statuses]
+    # The queued cell is cancelled at once; the running ones stop after their epoch, which on tiny images
+    # may already have ended by the time the answer is written.
+    after = [c["status"] for c in response.json()["cells"]]
+    assert [a for a, s in zip(after, statuses) if s == "queued"] == ["cancelled"], after
+    assert all(a in ("running", "cancelled") for a, s in zip(after, statuses) if s == "running"), after
     job = wait_finished(client, job["id"])
     assert job["status"] == "cancelled", job
     assert [c["status"] for c in job["cells"]] == ["cancelled"] * 3

@@ -44,8 +44,10 @@ def test_the_stream_delivers_every_epoch_in_order_and_ends_with_the_final_state(
     assert [data["record"] for _, data in epochs] == job["metrics"]
     assert [data["progress"] for _, data in epochs] == [{"epoch": e, "epochs": 3} for e in (1, 2, 3)]
     assert events[-1][2] == job  # the end event is the job as GET returns it
+    # A status the job passed through between two reads of the registry is not seen: a quick job may go
+    # from queued to succeeded in one poll.
     statuses = [data["status"] for kind, _, data in events if kind == "status"]
-    assert statuses[-1] == "running" and set(statuses) <= {"queued", "running"}
+    assert statuses in (["queued"], ["running"], ["queued", "running"]), statuses
 
 
 def test_eta_counts_down_to_zero(streamed):

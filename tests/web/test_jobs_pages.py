@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import re
 
+from conftest import fill_form
 from playwright.sync_api import expect
 
 # Tiny synthetic images and an eighth of the paper's width: a few tenths of a second per epoch on a CPU.
 TINY_GAUSSIAN = {"name": "gaussian", "image_size": 32, "n_train": 64, "n_val": 32}
 TRAINING = 120_000  # ms: the worker may still be busy with another test's job
+# Enough epochs of tiny images (a tenth of a second each on a fast CPU) for the page to open before the last.
+EPOCHS = 25
 
 # Every progress value the job page's bar shows, from now on: proof that it moved while we watched.
 WATCH_PROGRESS = """() => {
@@ -32,20 +35,15 @@ def job_count(service) -> int:
 
 def test_submit_a_train_job_and_watch_it_train(page, screenshot):
     page.goto("/#/submit")
-    page.select_option("#submit-kind", "train")
-    page.select_option("#f-model", "vgg")
-    page.select_option("#f-dataset-name", "gaussian")
-    page.fill("#f-dataset-image_size", "32")
-    page.fill("#f-dataset-n_train", "64")
-    page.fill("#f-dataset-n_val", "32")
-    page.fill("#f-training-epochs", "3")
-    page.fill("#f-training-width", "0.125")
+    fill_form(page, {"#submit-kind": "train", "#f-model": "vgg", "#f-dataset-name": "gaussian",
+                     "#f-dataset-image_size": "32", "#f-dataset-n_train": "64", "#f-dataset-n_val": "32",
+                     "#f-training-epochs": str(EPOCHS), "#f-training-width": "0.125"})
     expect(page.locator("#f-dataset-classes")).to_be_hidden()  # the Gaussian images have no digits to pick
 
     body = json.loads(page.input_value("#submit-json"))  # what the form will send
     assert body["kind"] == "train" and body["model"] == "vgg"
     assert TINY_GAUSSIAN.items() <= body["dataset"].items()
-    assert body["training"] == {"epochs": 3, "width": 0.125}
+    assert body["training"] == {"epochs": EPOCHS, "width": 0.125}
     screenshot(page, "submit")
 
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
@@ -61,7 +59,7 @@ def test_submit_a_train_job_and_watch_it_train(page, screenshot):
     expect(page.locator("#job-models a.model-link")).to_have_count(1)
     for chart, series in (("loss", "train loss"), ("accuracy", "validation accuracy")):
         line = page.locator(f'[data-chart="{chart}"] polyline[data-series="{series}"]')
-        assert len(line.get_attribute("points").split()) == 3, f"{chart}: {series}"
+        assert len(line.get_attribute("points").split()) == EPOCHS, f"{chart}: {series}"
     seen = page.evaluate("window.progressSeen")
     assert seen[0] < 100 and seen[-1] == 100 and seen == sorted(seen), seen  # it grew on this page, in order
     assert page.evaluate("window.sameDocument") is True, "the page was reloaded"

@@ -9,21 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Service, drop_files, service_env, start_service, write_pngs
+from conftest import Service, drop_files, fill_form, service_env, start_service, write_pngs
 from playwright.sync_api import expect
 
 TRAINING = 180_000  # ms: one epoch over MNIST 0 vs 1, and the worker may first finish another test's job
 
+
 def test_submit_watch_open_the_model_and_drop_digits(page, screenshot, data_dir, tmp_path):
     page.goto("/#/submit")
-    page.select_option("#submit-kind", "train")
-    page.select_option("#f-model", "vgg")
-    page.select_option("#f-dataset-name", "mnist")
-    page.fill("#f-dataset-classes", "0, 1")
-    page.fill("#f-dataset-image_size", "32")
-    page.fill("#f-training-epochs", "1")
-    page.fill("#f-training-batch_size", "128")
-    page.fill("#f-training-width", "0.125")
+    fill_form(page, {"#submit-kind": "train", "#f-model": "vgg", "#f-dataset-name": "mnist",
+                     "#f-dataset-classes": "0, 1", "#f-dataset-image_size": "32", "#f-training-epochs": "1",
+                     "#f-training-batch_size": "128", "#f-training-width": "0.125"})
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
     page.click("#submit-button")
 
