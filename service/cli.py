@@ -535,6 +535,26 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {output} ({len(response.content)} bytes)", file=sys.stderr)
 
 
+def cmd_cancel(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        job = _call(client, "POST", f"/v1/jobs/{args.job_id}/cancel")
+    print(json.dumps(job, indent=2))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """JSON and Markdown go to stdout (or -o); the error analysis's PNG plot goes to a file."""
+    from pathlib import Path
+
+    with _client(args) as client:
+        response = _request(client, "GET", f"/v1/jobs/{args.job_id}/report", params={"format": args.format})
+    if args.format == "png" or args.output:
+        output = Path(args.output or f"{args.job_id}.png")
+        output.write_bytes(response.content)
+        print(f"wrote {output} ({len(response.content)} bytes)", file=sys.stderr)
+    else:
+        print(response.text)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """A model directory is scored here; anything else is a model id of the service."""
     from pathlib import Path
@@ -644,6 +664,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="PNG or JPEG files")
     p.add_argument("--url", default=None, help=url_help)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cancel", help="cancel a job of a running service (a running one stops after its epoch)")
+    p.add_argument("job_id")
+    p.add_argument("--url", default=None, help=url_help)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("report", help="the report of an experiment or error-analysis job of a running service")
+    p.add_argument("job_id")
+    p.add_argument("--format", default="md", choices=["md", "json", "png"],
+                   help="Markdown tables (default), JSON, or the error analysis's PNG plot")
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: stdout; JOB_ID.png for png)")
+    p.add_argument("--url", default=None, help=url_help)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="download a model of a running service as an ONNX file")
     p.add_argument("model_id")

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from api_helpers import TINY_ERROR_ANALYSIS, long_gaussian_job, submit, wait_finished, wait_for_job
+
 CLASSCOMP = [sys.executable, "-m", "service.cli"]
 
 
@@ -36,3 +38,30 @@ def test_client_errors_are_one_line(embedded_service):
     result = classcomp(embedded_service, "predict", "0123456789abcdef0123456789abcdef", __file__)
     assert result.returncode != 0
     assert "there is no model" in result.stderr and "404 model_not_found" in result.stderr
+
+
+def test_cancel_a_job_then_cancelling_it_again_is_one_line(embedded_service):
+    with embedded_service.client() as client:
+        job = submit(client, long_gaussian_job())
+        wait_for_job(client, job["id"], lambda j: j["status"] == "running")
+    cancelled = classcomp(embedded_service, "cancel", job["id"])
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["cancel_requested"] is True
+    with embedded_service.client() as client:
+        assert wait_finished(client, job["id"])["status"] == "cancelled"
+    again = classcomp(embedded_service, "cancel", job["id"])
+    assert again.returncode != 0 and "409 job_finished" in again.stderr
+
+
+def test_report_as_markdown_json_and_png(embedded_service, tmp_path):
+    with embedded_service.client() as client:
+        job = wait_finished(client, submit(client, TINY_ERROR_ANALYSIS)["id"])
+        assert job["status"] == "succeeded", job
+        report = client.get(f"/v1/jobs/{job['id']}/report").json()
+    markdown = classcomp(embedded_service, "report", job["id"])
+    assert markdown.returncode == 0 and "### Excess-risk decomposition" in markdown.stdout
+    as_json = classcomp(embedded_service, "report", job["id"], "--format", "json")
+    assert json.loads(as_json.stdout) == report
+    plot = tmp_path / "plot.png"
+    png = classcomp(embedded_service, "report", job["id"], "--format", "png", "-o", str(plot))
+    assert png.returncode == 0 and plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
