@@ -79,8 +79,9 @@ def create_app() -> FastAPI:
     # which count refusals too. Before the routers: their routes take the role check then.
     auth.install(app, settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for router in (jobs.router, job_events.router, job_reports.router, models.router, export.router, inference.router,
-                   reports.router, figures.router, health.router, pages.router):
+    # models.router last of those under /v1/models: its `/{ref:path}` would match their paths too.
+    for router in (jobs.router, job_events.router, job_reports.router, export.router, inference.router, reports.router,
+                   figures.router, models.names_router, models.router, health.router, pages.router):
         app.include_router(router)
     app.mount(pages.STATIC_PREFIX, pages.static, name="static")
     return app

@@ -31,8 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, delete, event, func, or_, select, union, update,
+    JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, delete, event, func, or_, select,
+    union, update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -40,6 +43,8 @@ from sqlalchemy.types import TypeDecorator
 from ml.experiment import grid_record
 from service.settings import get_settings
 
+# `name@latest` is a name's newest version: no alias of that name can be set.
+LATEST = "latest"
 # Any constant unique to this application: the key of the PostgreSQL advisory lock around migrations.
 MIGRATION_LOCK_KEY = 0x0C1A55C0
 
@@ -148,12 +153,39 @@ class Cell(Base):
         return f"{self.model} under {self.condition} (cell {self.position})"
 
 
+class RegisteredModel(Base):
+    """A name whose models are its versions, 1, 2, ... in the order they were registered; `last_version`
+    is the newest ever given, so a deleted version's number is never reused (as in MLflow)."""
+
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class ModelAlias(Base):
+    """`name@alias` points at one version of `name`; moving it is one UPDATE, so a reader sees the
+    old version or the new, never neither."""
+
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(ForeignKey("registered_models.name"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    updated_at: Mapped[datetime]
+
+
 class Model(Base):
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
-    name: Mapped[str] = mapped_column(String(32))
+    # The registered name and the version it was given when registered (register_model).
+    name: Mapped[str] = mapped_column(ForeignKey("registered_models.name", name="fk_models_name"))
+    version: Mapped[int] = mapped_column(Integer)
+    architecture: Mapped[str] = mapped_column(String(32))
     config: Mapped[dict[str, Any]]
     classes: Mapped[list[Any]]
     parameter_count: Mapped[int] = mapped_column(Integer)
@@ -167,6 +199,16 @@ class Model(Base):
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
 
     job: Mapped[Job | None] = relationship(back_populates="models")
+    alias_rows: Mapped[list[ModelAlias]] = relationship(lazy="selectin", order_by="ModelAlias.alias",
+                                                        cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def aliases(self) -> list[str]:
+        return [a.alias for a in self.alias_rows]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
 
 
 class Worker(Base):
@@ -473,7 +515,7 @@ def succeed_with_model(job_id: str, model: Model) -> bool:
         if not _transition(session, job_id, JobStatus.running, status=JobStatus.succeeded, finished_at=now()):
             return False
         model.job_id = job_id
-        session.add(model)
+        _register(session, model)
         return True
 
 
@@ -558,7 +600,7 @@ def finish_cell(
         _end_cell(cell, status, error, error_code)
         if model is not None:
             model.job_id, cell.model_id, cell.result = job_id, model.id, result
-            session.add(model)
+            _register(session, model)
         _settle(session, job)
         return True
 
@@ -605,8 +647,46 @@ def _settle(session: Session, job: Job) -> None:
 # --- models ----------------------------------------------------------------------------------
 
 
-def get_model(session: Session, model_id: str) -> Model | None:
-    return session.get(Model, model_id)
+def derived_name(run: dict[str, Any]) -> str:
+    """The registered name of a model whose job gave none: architecture, dataset, classes, condition,
+    e.g. `vgg-mnist-0v1-vanilla` or `resnet-fashion-mnist-0to9-noisy`."""
+    dataset, classes = run["dataset"], run["dataset"]["classes"]
+    consecutive = len(classes) > 2 and classes == list(range(classes[0], classes[-1] + 1))
+    span = f"{classes[0]}to{classes[-1]}" if consecutive else "v".join(map(str, classes))
+    return f"{run['model']}-{dataset['name']}-{span}-{dataset['condition']}"
+
+
+def _register(session: Session, model: Model) -> None:
+    """Add `model` as the next version of its name, creating the name on its first model. The UPDATE
+    of the name's row holds that row until the transaction ends, so two workers registering under one
+    name at once get one version each."""
+    insert = (postgresql_insert if session.bind.dialect.name == "postgresql" else sqlite_insert)(RegisteredModel)
+    session.execute(insert.values(name=model.name, last_version=0, created_at=now()).on_conflict_do_nothing())
+    model.version = session.scalar(
+        update(RegisteredModel).where(RegisteredModel.name == model.name)
+        .values(last_version=RegisteredModel.last_version + 1).returning(RegisteredModel.last_version))
+    session.add(model)
+
+
+def get_model(session: Session, ref: str) -> Model | None:
+    """The model `ref` names: its id, `name/version`, `name@alias` (`name@latest`: the newest version)
+    or a bare `name` (its newest version)."""
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        if alias == LATEST:
+            return _latest(session, name)
+        return session.scalar(select(Model).join(ModelAlias, ModelAlias.model_id == Model.id)
+                              .where(ModelAlias.name == name, ModelAlias.alias == alias))
+    if "/" in ref:
+        name, _, version = ref.rpartition("/")
+        if not version.isdecimal():
+            return None
+        return session.scalar(select(Model).where(Model.name == name, Model.version == int(version)))
+    return session.get(Model, ref) or _latest(session, ref)
+
+
+def _latest(session: Session, name: str) -> Model | None:
+    return session.scalar(select(Model).where(Model.name == name).order_by(Model.version.desc()).limit(1))
 
 
 def weights_sha256(model_id: str) -> str | None:
@@ -615,10 +695,97 @@ def weights_sha256(model_id: str) -> str | None:
         return session.scalar(select(Model.weights_sha256).where(Model.id == model_id))
 
 
-def list_models(session: Session, limit: int, offset: int) -> tuple[list[Model], int]:
-    total = session.scalar(select(func.count()).select_from(Model))
-    items = session.scalars(select(Model).order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset))
+# What `list_models` sorts by: columns, or fields of the config and final metrics (JSON, on both backends).
+MODEL_SORT_KEYS = {
+    "date": Model.created_at,
+    "name": Model.name,
+    "architecture": Model.architecture,
+    "dataset": Model.config["dataset"]["name"].as_string(),
+    "condition": Model.config["dataset"]["condition"].as_string(),
+    "accuracy": Model.final_metrics["val_accuracy"].as_float(),
+}
+
+
+@dataclass(frozen=True)
+class ModelFilter:
+    name: str | None = None
+    architecture: str | None = None
+    dataset: str | None = None
+    condition: str | None = None
+
+    def clauses(self) -> list[Any]:
+        values = {"name": self.name, "architecture": self.architecture, "dataset": self.dataset,
+                  "condition": self.condition}
+        return [MODEL_SORT_KEYS[key] == value for key, value in values.items() if value is not None]
+
+
+def list_models(session: Session, where: ModelFilter, sort: str, limit: int, offset: int) -> tuple[list[Model], int]:
+    """A page of the models `where` selects, by `sort` (a key of MODEL_SORT_KEYS, `-key` descending);
+    ties, and models without the sorted value (last either way), in the order they were registered."""
+    key = MODEL_SORT_KEYS[sort.removeprefix("-")]
+    order = key.desc() if sort.startswith("-") else key.asc()
+    total = session.scalar(select(func.count()).select_from(Model).where(*where.clauses()))
+    items = session.scalars(select(Model).where(*where.clauses())
+                            .order_by(order.nulls_last(), Model.created_at.desc(), Model.id.desc())
+                            .limit(limit).offset(offset))
     return list(items), total or 0
+
+
+# --- names and aliases -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NameSummary:
+    name: str
+    created_at: datetime
+    versions: list[int]
+    aliases: dict[str, int]
+
+    @property
+    def latest_version(self) -> int | None:
+        return self.versions[-1] if self.versions else None
+
+
+def _summaries(session: Session, names: Sequence[RegisteredModel]) -> list[NameSummary]:
+    wanted = [n.name for n in names]
+    versions: dict[str, list[int]] = {name: [] for name in wanted}
+    for name, version in session.execute(select(Model.name, Model.version).where(Model.name.in_(wanted))
+                                         .order_by(Model.version)):
+        versions[name].append(version)
+    aliases: dict[str, dict[str, int]] = {name: {} for name in wanted}
+    for name, alias, version in session.execute(
+            select(ModelAlias.name, ModelAlias.alias, Model.version).join(Model, Model.id == ModelAlias.model_id)
+            .where(ModelAlias.name.in_(wanted)).order_by(ModelAlias.alias)):
+        aliases[name][alias] = version
+    return [NameSummary(n.name, n.created_at, versions[n.name], aliases[n.name]) for n in names]
+
+
+def list_names(session: Session, limit: int, offset: int) -> tuple[list[NameSummary], int]:
+    total = session.scalar(select(func.count()).select_from(RegisteredModel))
+    names = session.scalars(select(RegisteredModel).order_by(RegisteredModel.name).limit(limit).offset(offset))
+    return _summaries(session, list(names)), total or 0
+
+
+def get_name(session: Session, name: str) -> NameSummary | None:
+    row = session.get(RegisteredModel, name)
+    return _summaries(session, [row])[0] if row else None
+
+
+def set_alias(session: Session, model: Model, alias: str) -> None:
+    """Point `model.name@alias` at `model`: the alias is created or moved in one statement."""
+    insert = (postgresql_insert if session.bind.dialect.name == "postgresql" else sqlite_insert)(ModelAlias)
+    insert = insert.values(name=model.name, alias=alias, model_id=model.id, updated_at=now())
+    session.execute(insert.on_conflict_do_update(index_elements=["name", "alias"],
+                                                 set_={"model_id": insert.excluded.model_id,
+                                                       "updated_at": insert.excluded.updated_at}))
+    session.commit()
+
+
+def delete_alias(session: Session, name: str, alias: str) -> bool:
+    """False if there was no such alias."""
+    deleted = session.execute(delete(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias == alias)).rowcount
+    session.commit()
+    return deleted > 0
 
 
 def delete_model(session: Session, model: Model) -> None:

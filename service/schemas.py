@@ -20,15 +20,33 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 from ml.analysis.excess_risk import ErrorAnalysisConfig
 from ml.config import RunConfig
 from ml.experiment import ExperimentConfig
-from service.registry import JobStatus
+from service.registry import MODEL_SORT_KEYS, JobStatus
+from service.storage import MODEL_ID
+
+
+def _not_an_id(name: str) -> str:
+    if MODEL_ID.fullmatch(name):
+        raise ValueError("a name cannot look like a model id (32 hex digits): refs would be ambiguous")
+    return name
+
+
+# No `/` or `@`, which separate a name from its version or alias in a model ref.
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", examples=["vgg-mnist-0v1-vanilla"]),
+                      AfterValidator(_not_an_id)]
+AliasName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$", examples=["champion"])]
 
 
 @with_config(ConfigDict(extra="forbid"))  # also applies to the nested DatasetConfig and TrainingConfig
 @dataclass
 class TrainJob(RunConfig):
-    """Train one model. `init_from` is the id of a registered resnet (for unet-pretrained)."""
+    """Train one model. `init_from` names a registered resnet (for unet-pretrained): its id, `name/version`,
+    `name@alias` or name; the job records the id it named when submitted."""
 
     kind: Literal["train"] = dataclasses.field(kw_only=True)  # keyword-only: required after RunConfig's defaults
+    name: ModelName | None = Field(
+        default=None, kw_only=True,
+        description="the registered name the model becomes the next version of; by default "
+        "architecture-dataset-classes-condition, e.g. vgg-mnist-0v1-vanilla")
 
     def run_config(self) -> RunConfig:
         return RunConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunConfig)})
@@ -221,7 +239,10 @@ class ModelOut(BaseModel):
 
     id: str
     job_id: str | None
-    model: str = Field(validation_alias="name")
+    name: str = Field(description="the registered name this model is a version of")
+    version: int = Field(description="its version of that name: `name/version` names it")
+    aliases: list[str] = Field(description="the aliases of its name that point at it: `name@alias` names it")
+    model: str = Field(validation_alias="architecture", description="the architecture")
     config: dict[str, Any] = Field(description="the RunConfig it was trained with")
     classes: list[int] = Field(description="the label each class index stands for")
     class_names: list[str] = Field(description="the name of each class, in the order of `classes`")
@@ -241,6 +262,26 @@ class ModelOut(BaseModel):
         class_names = RunConfig.from_dict(model.config).dataset.class_names
         return cls.model_validate({**{name: getattr(model, name) for name in names}, "class_names": class_names,
                                    "artifact": artifact})
+
+
+class RegisteredModelOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    created_at: datetime
+    versions: list[int] = Field(description="the versions registered and not deleted, oldest first")
+    latest_version: int | None = Field(description="what `name` alone and `name@latest` name; null when every "
+                                       "version was deleted")
+    aliases: dict[str, int] = Field(description="each alias and the version it points at")
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="the version of the name the alias is to point at")
+
+
+ModelSort = Literal[*[order for key in MODEL_SORT_KEYS for order in (key, f"-{key}")]]
 
 
 class ModelMetrics(BaseModel):

@@ -52,10 +52,11 @@ def failure(exc: Exception, where: str) -> tuple[str, str]:
     return f"internal error ({type(exc).__name__}: {exc}); the worker's log has the traceback", "internal_error"
 
 
-def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> tuple[registry.Model, TrainResult] | None:
+def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool],
+                name: str | None = None) -> tuple[registry.Model, TrainResult] | None:
     """Train one run, write its artifacts (atomically, under a new model id) and return its registry
     row, not yet registered, with the training's result; None if `on_epoch` stopped the training (then
-    nothing is written).
+    nothing is written). The model is to be a version of `name`, by default registry.derived_name.
 
     The caller registers the row (registry.succeed_with_model / finish_cell) and, if that is refused,
     removes the directory with storage.remove(model.id). `cfg.init_from` is a registered model id.
@@ -74,16 +75,18 @@ def train_model(cfg: RunConfig, on_epoch: Callable[[dict], bool]) -> tuple[regis
     if result.stopped:
         return None
     model_id = registry.new_id()
-    return model_row(model_id, artifacts.save(result, cfg, storage.model_dir(model_id))), result
+    return model_row(model_id, artifacts.save(result, cfg, storage.model_dir(model_id)), name), result
 
 
-def model_row(model_id: str, directory: Path) -> registry.Model:
+def model_row(model_id: str, directory: Path, name: str | None) -> registry.Model:
     """The registry row of a saved model, copied from its artifact files: they are the one source of
-    a model's metadata, and the row is an index of them that is never edited on its own."""
+    a model's metadata, and the row is an index of them that is never edited on its own. Its version
+    is given when it is registered."""
     config, metrics = artifacts.read_json(directory, artifacts.CONFIG), artifacts.read_json(directory, artifacts.METRICS)
     return registry.Model(
         id=model_id,
-        name=config["run"]["model"],
+        name=name or registry.derived_name(config["run"]),
+        architecture=config["run"]["model"],
         config=config["run"],
         classes=config["classes"],
         parameter_count=config["parameter_count"],
@@ -101,7 +104,7 @@ def run_train(job: Job) -> None:
     def on_epoch(record: dict) -> bool:
         return registry.record_epoch(job.id, json_safe(record))
 
-    trained = train_model(request.run_config(), on_epoch)
+    trained = train_model(request.run_config(), on_epoch, request.name)
     if trained is None:
         registry.finish_job(job.id, JobStatus.cancelled)
         return

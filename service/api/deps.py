@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from service import registry
-from service.errors import not_found
+from service.errors import ApiError, not_found
 from service.inference import ModelCache
 from service.settings import Settings, get_settings
 
@@ -33,10 +33,17 @@ async def model_cache(request: Request) -> ModelCache:
 ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]
 
 
-def get_model_or_404(session: Session, model_id: str) -> registry.Model:
-    model = registry.get_model(session, model_id)
+# Routes take it as `{ref:path}`, since `name/version` holds a slash; the routes of one method with a
+# suffix (`/{ref:path}/metrics`) are declared before the bare `/{ref:path}`, which would match them too.
+ModelRef = Annotated[str, Path(
+    description="the model: its id, `name/version`, `name@alias`, or `name` alone (its newest version, as "
+    "`name@latest`)", examples=["vgg-mnist-0v1-vanilla/1"])]
+
+
+def get_model_or_404(session: Session, ref: str) -> registry.Model:
+    model = registry.get_model(session, ref)
     if model is None:
-        raise not_found("model", model_id)
+        raise ApiError(404, "model_not_found", f"there is no model {ref!r} (a model id, name/version, name@alias or name)")
     return model
 
 

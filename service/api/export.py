@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 
 from ml import onnx_export
-from service.api.deps import ModelCacheDep, SessionDep, get_model_or_404
+from service.api.deps import ModelCacheDep, ModelRef, SessionDep, get_model_or_404
 from service.errors import ApiError
 from service.schemas import MODEL_ERROR_RESPONSES
 
@@ -24,7 +24,7 @@ Part = Literal["classifier", "encoder", "decoder"]
 
 
 @router.get(
-    "/{model_id}/export.onnx",
+    "/{ref:path}/export.onnx",
     response_class=Response,
     responses={200: {"content": {ONNX_MEDIA_TYPE: {}}, "description": "the ONNX model file"}},
     summary="The model, or one part of a VAE, as an ONNX file with a dynamic batch dimension",
@@ -39,16 +39,18 @@ Part = Literal["classifier", "encoder", "decoder"]
     ),
 )
 def export_onnx(
-    model_id: str,
+    ref: ModelRef,
     session: SessionDep,
     cache: ModelCacheDep,
     part: Annotated[Part, Query(description="which graph: classifier, or a VAE's encoder or decoder")] = "classifier",
 ) -> Response:
-    get_model_or_404(session, model_id)
-    loaded = cache.get(model_id)
+    model = get_model_or_404(session, ref)
+    loaded = cache.get(model.id)
+    metadata = {"classcomp.model_id": model.id, "classcomp.name": model.name, "classcomp.version": str(model.version)}
     try:
-        content = onnx_export.export(loaded, part, {"classcomp.model_id": model_id})
+        content = onnx_export.export(loaded, part, metadata)
     except onnx_export.PartNotApplicable as exc:
         raise ApiError(409, "part_not_applicable", str(exc)) from exc
-    filename = f"{model_id}.onnx" if part == "classifier" else f"{model_id}-{part}.onnx"
+    stem = f"{model.name}-{model.version}"
+    filename = f"{stem}.onnx" if part == "classifier" else f"{stem}-{part}.onnx"
     return Response(content, media_type=ONNX_MEDIA_TYPE, headers={"Content-Disposition": f'attachment; filename="{filename}"'})

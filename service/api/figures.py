@@ -17,7 +17,7 @@ from torch import Tensor
 from ml import figures
 from ml.artifacts import LoadedModel
 from service import derived, inference
-from service.api.deps import ModelCacheDep, SessionDep, get_model_or_404
+from service.api.deps import ModelCacheDep, ModelRef, SessionDep, get_model_or_404
 from service.datasets import LazyValidationData, validation_data
 from service.errors import ApiError
 from service.inference import ModelCache, Upload
@@ -49,24 +49,24 @@ def _png(content: bytes, cache: str | None = None) -> Response:
 
 
 @router.get(
-    "/{model_id}/figures/feature-maps.png",
+    "/{ref:path}/figures/feature-maps.png",
     response_class=Response,
     responses=PNG_RESPONSE,
     summary="Feature maps (first and last conv layer) of a validation image, as PNG",
     description="CNNs only (409 `figure_not_applicable` for a VAE). POST an image to the same path for one of your own.",
 )
 def get_feature_maps(
-    model_id: str,
+    ref: ModelRef,
     session: SessionDep,
     cache: ModelCacheDep,
     index: Annotated[int, Query(ge=0, description="the validation image shown")] = 0,
 ) -> Response:
-    return figure(model_id, "feature-maps", index, session, cache)
+    return figure(ref, "feature-maps", index, session, cache)
 
 
 # Declared after feature-maps.png, so that path reaches the route above with its `index`.
 @router.get(
-    "/{model_id}/figures/{name}.png",
+    "/{ref:path}/figures/{name}.png",
     response_class=Response,
     responses=PNG_RESPONSE,
     summary="A figure of the paper for this model, as PNG",
@@ -77,18 +77,18 @@ def get_feature_maps(
     ),
 )
 def get_figure(
-    model_id: str,
+    ref: ModelRef,
     session: SessionDep,
     cache: ModelCacheDep,
     name: Annotated[str, Path(description=f"one of {FIGURE_NAMES}", examples=["training-curves"],
                               json_schema_extra={"enum": list(figures.FIGURES)})],
 ) -> Response:
-    return figure(model_id, name, 0, session, cache)
+    return figure(ref, name, 0, session, cache)
 
 
-def figure(model_id: str, name: str, index: int, session: Session, cache: ModelCache) -> Response:
+def figure(ref: str, name: str, index: int, session: Session, cache: ModelCache) -> Response:
     """A figure from the derived-file cache, or rendered and cached; feature maps of validation image `index`."""
-    get_model_or_404(session, model_id)
+    model_id = get_model_or_404(session, ref).id
     _check_name(name)
     filename = f"feature-maps-{index}.png" if name == "feature-maps" else f"{name}.png"
     cached = derived.read(model_id, "figures", filename)
@@ -125,7 +125,7 @@ async def read_upload(request: Request) -> Upload:
 
 
 @router.post(
-    "/{model_id}/figures/feature-maps.png",
+    "/{ref:path}/figures/feature-maps.png",
     response_class=Response,
     responses=PNG_RESPONSE,
     summary="Feature maps (first and last conv layer) of an uploaded image, as PNG",
@@ -135,10 +135,9 @@ async def read_upload(request: Request) -> Upload:
         "type": "object", "properties": {"file": {"type": "string", "format": "binary"}}, "required": ["file"],
     }}}}},
 )
-async def post_feature_maps(model_id: str, request: Request, session: SessionDep, cache: ModelCacheDep) -> Response:
+async def post_feature_maps(ref: ModelRef, request: Request, session: SessionDep, cache: ModelCacheDep) -> Response:
     def load() -> LoadedModel:
-        get_model_or_404(session, model_id)
-        return cache.get(model_id)
+        return cache.get(get_model_or_404(session, ref).id)
 
     loaded = await run_in_threadpool(load)
     upload = await read_upload(request)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ml.artifacts import LoadedModel
 from service import inference, registry
-from service.api.deps import ModelCacheDep, get_model_or_404
+from service.api.deps import ModelCacheDep, ModelRef, get_model_or_404
 from service.errors import ApiError
 from service.inference import Batch, ModelCache, Upload
 from service.schemas import (
@@ -63,19 +63,21 @@ async def read_inputs(request: Request) -> Inputs:
                    "send images as multipart/form-data (field `files`) or pixel arrays as application/json")
 
 
-def load(cache: ModelCache, model_id: str, vae_only: bool = False) -> LoadedModel:
-    """For the threadpool. The registry is asked (404 for an unknown id) only for a model that is not
-    cached or whose files changed, so that predict opens no SQL session: a cached model was registered
-    when it loaded, deleting it through this API evicts it, and deleting it through another API process
-    removes its weights file, which the cache's stat of that file notices, and then the registry's 404."""
-    loaded = cache.cached(model_id)
+def load(cache: ModelCache, ref: str, vae_only: bool = False) -> tuple[str, LoadedModel]:
+    """For the threadpool: the id of the model `ref` names, and the model. The registry is asked (404 for
+    an unknown ref) unless `ref` is the id of a cached model whose files have not changed, so that predict
+    by id opens no SQL session: a cached model was registered when it loaded, deleting it through this API
+    evicts it, and deleting it through another API process removes its weights file, which the cache's stat
+    of that file notices, and then the registry's 404. Names and aliases are looked up on every request,
+    so a request after an alias moved is served by the version it points at now."""
+    model_id, loaded = ref, cache.cached(ref)
     if loaded is None:
         with registry.session_scope() as session:
-            get_model_or_404(session, model_id)
+            model_id = get_model_or_404(session, ref).id
         loaded = cache.get(model_id)
     if vae_only:
         inference.vae(loaded)
-    return loaded
+    return model_id, loaded
 
 
 def to_batch(inputs: Inputs, loaded: LoadedModel) -> Batch:
@@ -85,13 +87,13 @@ def to_batch(inputs: Inputs, loaded: LoadedModel) -> Batch:
     return inference.batch_from_pixels(inputs, size)
 
 
-def load_batch(cache: ModelCache, model_id: str, inputs: Inputs) -> tuple[LoadedModel, Batch]:
-    loaded = load(cache, model_id)
-    return loaded, to_batch(inputs, loaded)
+def load_batch(cache: ModelCache, ref: str, inputs: Inputs) -> tuple[str, LoadedModel, Batch]:
+    model_id, loaded = load(cache, ref)
+    return model_id, loaded, to_batch(inputs, loaded)
 
 
 @router.post(
-    "/{model_id}/predict",
+    "/{ref:path}/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
     summary="Labels and class probabilities per image",
@@ -100,19 +102,19 @@ def load_batch(cache: ModelCache, model_id: str, inputs: Inputs) -> tuple[Loaded
     "CLASSCOMP_MAX_REQUEST_PIXELS), checked before anything is decoded.",
     openapi_extra=IMAGES_REQUEST_BODY,
 )
-async def predict(model_id: str, request: Request, cache: ModelCacheDep) -> dict:
-    # A cached model's request takes two thread hand-offs, decoding in the threadpool and the pass in the
+async def predict(ref: ModelRef, request: Request, cache: ModelCacheDep) -> dict:
+    # A cached model's request by id takes two thread hand-offs, decoding in the threadpool and the pass in the
     # batcher's thread: each costs the event loop time, and on busy cores a wait for the thread to run.
-    if model_id not in cache:
-        await run_in_threadpool(load, cache, model_id)  # so that an unknown id is a 404 before its body is read
+    # An unknown ref is a 404 before the body is read; a name or alias is resolved once, here.
+    model_id = ref if ref in cache else (await run_in_threadpool(load, cache, ref))[0]
     inputs = await read_inputs(request)
-    loaded, batch = await run_in_threadpool(load_batch, cache, model_id, inputs)
+    model_id, loaded, batch = await run_in_threadpool(load_batch, cache, model_id, inputs)
     predictions = await request.app.state.predict_batcher.predict(loaded, batch.x)
     return {"model_id": model_id, "predictions": predictions}
 
 
 @router.post(
-    "/{model_id}/reconstruct",
+    "/{ref:path}/reconstruct",
     response_model=ReconstructResponse,
     summary="VAE reconstructions",
     description="With `Accept: image/png` and one image, a PNG of the input's size; otherwise JSON arrays "
@@ -120,8 +122,8 @@ async def predict(model_id: str, request: Request, cache: ModelCacheDep) -> dict
     openapi_extra=IMAGES_REQUEST_BODY,
     responses={200: {"content": {"image/png": {}}}},
 )
-async def reconstruct(model_id: str, request: Request, cache: ModelCacheDep):
-    loaded = await run_in_threadpool(load, cache, model_id, True)
+async def reconstruct(ref: ModelRef, request: Request, cache: ModelCacheDep):
+    model_id, loaded = await run_in_threadpool(load, cache, ref, True)
     inputs = await read_inputs(request)
     as_png = "image/png" in request.headers.get("accept", "") and len(inputs) == 1
 
@@ -136,13 +138,13 @@ async def reconstruct(model_id: str, request: Request, cache: ModelCacheDep):
 
 
 @router.post(
-    "/{model_id}/embed",
+    "/{ref:path}/embed",
     response_model=EmbedResponse,
     summary="VAE latent mean and log-variance per image",
     openapi_extra=IMAGES_REQUEST_BODY,
 )
-async def embed(model_id: str, request: Request, cache: ModelCacheDep) -> dict:
-    loaded = await run_in_threadpool(load, cache, model_id, True)
+async def embed(ref: ModelRef, request: Request, cache: ModelCacheDep) -> dict:
+    model_id, loaded = await run_in_threadpool(load, cache, ref, True)
     inputs = await read_inputs(request)
 
     def run() -> list[dict]:

@@ -28,18 +28,22 @@ def check_job(session: Session, job: TrainJob | ErrorAnalysisJob | ExperimentJob
     """What the dataclasses cannot check alone (init_from is a fitting resnet), then what this deployment
     affords (service/admission.py, which also finds whether every network the job trains can be built)."""
     if isinstance(job, TrainJob) and job.init_from:
-        check_init_from(session, job.run_config())
+        # The job keeps the id: the worker starts from the model named now, wherever an alias has moved since.
+        job.init_from = check_init_from(session, job.run_config())
     admission.admit(session, job, settings)
 
 
-def check_init_from(session: Session, cfg: RunConfig) -> None:
+def check_init_from(session: Session, cfg: RunConfig) -> str:
+    """The id of the registered resnet that `cfg.init_from` names."""
     source = registry.get_model(session, cfg.init_from)
-    if source is None or source.name != "resnet":
-        raise ApiError(422, "invalid_request", f"init_from: {cfg.init_from!r} is not the id of a registered resnet model")
+    if source is None or source.architecture != "resnet":
+        raise ApiError(422, "invalid_request", f"init_from: {cfg.init_from!r} names no registered resnet model "
+                       "(give its id, name/version, name@alias or name)")
     width = source.config["training"]["width"]
     if width != cfg.training.width:
         raise ApiError(422, "invalid_request",
                        f"init_from: resnet {cfg.init_from} has width {width}; training.width must match it")
+    return source.id
 
 
 @router.post(

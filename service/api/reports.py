@@ -23,7 +23,7 @@ from ml.analysis.wasserstein import sliced_wasserstein
 from ml.config import Condition
 from ml.evaluation import condition_config, evaluate
 from service import derived, inference
-from service.api.deps import ModelCacheDep, SessionDep, SettingsDep, get_model_or_404
+from service.api.deps import ModelCacheDep, ModelRef, SessionDep, SettingsDep, get_model_or_404
 from service.datasets import validation_data
 from service.errors import ApiError
 from service.schemas import (
@@ -92,7 +92,7 @@ def wasserstein_report(loaded, model_id: str, projections: int, seed: int, norma
 
 
 @router.get(
-    "/v1/models/{model_id}/reports/wasserstein",
+    "/v1/models/{ref:path}/reports/wasserstein",
     response_model=WassersteinReport,
     responses={410: MODEL_ERROR_RESPONSES[410]},
     summary="Sliced Wasserstein-1 between a VAE's validation images and their reconstructions",
@@ -104,14 +104,14 @@ def wasserstein_report(loaded, model_id: str, projections: int, seed: int, norma
     ),
 )
 def get_wasserstein_report(
-    model_id: str,
+    ref: ModelRef,
     session: SessionDep,
     cache: ModelCacheDep,
     projections: Annotated[int, Query(ge=2, le=MAX_PROJECTIONS, description="random directions")] = 100,
     seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="seed of the random directions")] = 0,
     normalize: Annotated[bool, Query(description="the paper's per-image min-max scaling to [0, 1] first")] = True,
 ) -> Response:
-    get_model_or_404(session, model_id)
+    model_id = get_model_or_404(session, ref).id
     return cached_report(
         model_id, f"wasserstein-{projections}-{seed}{'' if normalize else '-raw'}.json", WassersteinReport,
         lambda: wasserstein_report(cache.get(model_id), model_id, projections, seed, normalize),
@@ -122,7 +122,7 @@ def get_wasserstein_report(
 
 
 @router.get(
-    "/v1/models/{model_id}/reports/evaluation",
+    "/v1/models/{ref:path}/reports/evaluation",
     response_model=EvaluationReport,
     responses={410: MODEL_ERROR_RESPONSES[410]},
     summary="Accuracy and confusion matrix on the validation images of another condition",
@@ -135,12 +135,12 @@ def get_wasserstein_report(
     ),
 )
 def get_evaluation_report(
-    model_id: str,
+    ref: ModelRef,
     session: SessionDep,
     cache: ModelCacheDep,
     condition: Annotated[Condition, Query(description="the condition of the test images")],
 ) -> Response:
-    get_model_or_404(session, model_id)
+    model_id = get_model_or_404(session, ref).id
 
     def report() -> dict:
         loaded = cache.get(model_id)
