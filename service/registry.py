@@ -206,10 +206,6 @@ class Model(Base):
     def aliases(self) -> list[str]:
         return [a.alias for a in self.alias_rows]
 
-    @property
-    def ref(self) -> str:
-        return f"{self.name}/{self.version}"
-
 
 class Worker(Base):
     """A live (or recently live) worker process: stamped by the worker, read by /readyz and the sweep.

@@ -37,7 +37,7 @@ ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]
 # suffix (`/{ref:path}/metrics`) are declared before the bare `/{ref:path}`, which would match them too.
 ModelRef = Annotated[str, Path(
     description="the model: its id, `name/version`, `name@alias`, or `name` alone (its newest version, as "
-    "`name@latest`)", examples=["vgg-mnist-0v1-vanilla/1"])]
+    "`name@latest`)")]
 
 
 def get_model_or_404(session: Session, ref: str) -> registry.Model:

@@ -26,8 +26,9 @@ def download(client, model_id: str, part: str = "classifier") -> bytes:
     response = client.get(f"/v1/models/{model_id}/export.onnx", params={"part": part})
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/octet-stream"
+    model = client.get(f"/v1/models/{model_id}").json()
     suffix = "" if part == "classifier" else f"-{part}"
-    assert response.headers["content-disposition"] == f'attachment; filename="{model_id}{suffix}.onnx"'
+    assert response.headers["content-disposition"] == f'attachment; filename="{model["name"]}-{model["version"]}{suffix}.onnx"'
     return response.content
 
 
