@@ -41,7 +41,7 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every request under its route template (/v1/models/{model_id}), so ids do not explode the label set."""
+    """Counts and times every request under its route template (/v1/models/{ref}), so ids do not explode the label set."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -63,6 +63,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path_format", "unmatched")
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)

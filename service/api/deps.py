@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
+from starlette.convertors import Convertor, register_url_convertor
 
 from service import registry
 from service.errors import ApiError, not_found
@@ -33,8 +34,22 @@ async def model_cache(request: Request) -> ModelCache:
 ModelCacheDep = Annotated[ModelCache, Depends(model_cache)]
 
 
-# Routes take it as `{ref:path}`, since `name/version` holds a slash; the routes of one method with a
-# suffix (`/{ref:path}/metrics`) are declared before the bare `/{ref:path}`, which would match them too.
+class ModelRefConvertor(Convertor[str]):
+    """`{ref:model_ref}` in a route: one path segment (an id, `name`, `name@alias`), or two when the second
+    is a version number (`name/3`). So /v1/models/x/predict is never read as the model `x/predict`, and
+    a GET there is a 405 of the predict route rather than a 404 of GET /v1/models/{ref}."""
+
+    regex = r"[^/]+(?:/[0-9]+)?"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model_ref", ModelRefConvertor())
+
 ModelRef = Annotated[str, Path(
     description="the model: its id, `name/version`, `name@alias`, or `name` alone (its newest version, as "
     "`name@latest`)")]

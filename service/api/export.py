@@ -24,7 +24,7 @@ Part = Literal["classifier", "encoder", "decoder"]
 
 
 @router.get(
-    "/{ref:path}/export.onnx",
+    "/{ref:model_ref}/export.onnx",
     response_class=Response,
     responses={200: {"content": {ONNX_MEDIA_TYPE: {}}, "description": "the ONNX model file"}},
     summary="The model, or one part of a VAE, as an ONNX file with a dynamic batch dimension",

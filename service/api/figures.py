@@ -49,7 +49,7 @@ def _png(content: bytes, cache: str | None = None) -> Response:
 
 
 @router.get(
-    "/{ref:path}/figures/feature-maps.png",
+    "/{ref:model_ref}/figures/feature-maps.png",
     response_class=Response,
     responses=PNG_RESPONSE,
     summary="Feature maps (first and last conv layer) of a validation image, as PNG",
@@ -66,7 +66,7 @@ def get_feature_maps(
 
 # Declared after feature-maps.png, so that path reaches the route above with its `index`.
 @router.get(
-    "/{ref:path}/figures/{name}.png",
+    "/{ref:model_ref}/figures/{name}.png",
     response_class=Response,
     responses=PNG_RESPONSE,
     summary="A figure of the paper for this model, as PNG",
@@ -125,7 +125,7 @@ async def read_upload(request: Request) -> Upload:
 
 
 @router.post(
-    "/{ref:path}/figures/feature-maps.png",
+    "/{ref:model_ref}/figures/feature-maps.png",
     response_class=Response,
     responses=PNG_RESPONSE,
     summary="Feature maps (first and last conv layer) of an uploaded image, as PNG",

@@ -93,7 +93,7 @@ def load_batch(cache: ModelCache, ref: str, inputs: Inputs) -> tuple[str, Loaded
 
 
 @router.post(
-    "/{ref:path}/predict",
+    "/{ref:model_ref}/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
     summary="Labels and class probabilities per image",
@@ -114,7 +114,7 @@ async def predict(ref: ModelRef, request: Request, cache: ModelCacheDep) -> dict
 
 
 @router.post(
-    "/{ref:path}/reconstruct",
+    "/{ref:model_ref}/reconstruct",
     response_model=ReconstructResponse,
     summary="VAE reconstructions",
     description="With `Accept: image/png` and one image, a PNG of the input's size; otherwise JSON arrays "
@@ -138,7 +138,7 @@ async def reconstruct(ref: ModelRef, request: Request, cache: ModelCacheDep):
 
 
 @router.post(
-    "/{ref:path}/embed",
+    "/{ref:model_ref}/embed",
     response_model=EmbedResponse,
     summary="VAE latent mean and log-variance per image",
     openapi_extra=IMAGES_REQUEST_BODY,

@@ -49,7 +49,7 @@ def list_models(
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{ref:path}/metrics", response_model=ModelMetrics, summary="Per-epoch metric series")
+@router.get("/{ref:model_ref}/metrics", response_model=ModelMetrics, summary="Per-epoch metric series")
 def get_metrics(ref: ModelRef, session: SessionDep) -> ModelMetrics:
     model = get_model_or_404(session, ref)
     history = model.history
@@ -63,7 +63,7 @@ def get_metrics(ref: ModelRef, session: SessionDep) -> ModelMetrics:
 
 
 @router.get(
-    "/{ref:path}/weights",
+    "/{ref:model_ref}/weights",
     response_class=FileResponse,
     summary="The weights as a safetensors file",
     description="Hashed before they are sent: 409 `artifact_corrupt` if they do not match the SHA-256 recorded "
@@ -77,16 +77,14 @@ def get_weights(ref: ModelRef, session: SessionDep, cache: ModelCacheDep) -> Fil
                         filename=f"{model.id}.safetensors")
 
 
-# The bare-ref routes: declared last of the /v1/models routes (service/app.py includes this router
-# after the others), so that /v1/models/{ref}/anything reaches its own route first.
-@router.get("/{ref:path}", response_model=ModelOut,
+@router.get("/{ref:model_ref}", response_model=ModelOut,
             summary="A model's config, size, training time, final metrics and the status of its files")
 def get_model(ref: ModelRef, session: SessionDep, cache: ModelCacheDep) -> ModelOut:
     model = get_model_or_404(session, ref)
     return ModelOut.of(model, cache.verifier.status(model, check=True))
 
 
-@router.delete("/{ref:path}", status_code=204,
+@router.delete("/{ref:model_ref}", status_code=204,
                summary="Delete a model and its artifacts (and the aliases that point at it)")
 def delete_model(ref: ModelRef, session: SessionDep, cache: ModelCacheDep) -> Response:
     model = get_model_or_404(session, ref)

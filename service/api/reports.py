@@ -92,7 +92,7 @@ def wasserstein_report(loaded, model_id: str, projections: int, seed: int, norma
 
 
 @router.get(
-    "/v1/models/{ref:path}/reports/wasserstein",
+    "/v1/models/{ref:model_ref}/reports/wasserstein",
     response_model=WassersteinReport,
     responses={410: MODEL_ERROR_RESPONSES[410]},
     summary="Sliced Wasserstein-1 between a VAE's validation images and their reconstructions",
@@ -122,7 +122,7 @@ def get_wasserstein_report(
 
 
 @router.get(
-    "/v1/models/{ref:path}/reports/evaluation",
+    "/v1/models/{ref:model_ref}/reports/evaluation",
     response_model=EvaluationReport,
     responses={410: MODEL_ERROR_RESPONSES[410]},
     summary="Accuracy and confusion matrix on the validation images of another condition",

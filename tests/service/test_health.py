@@ -22,7 +22,7 @@ def test_openapi_has_examples_for_jobs_and_predict(client):
     spec = client.get("/openapi.json").json()
     job_body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
     assert {"vgg", "vae-kmeans", "unet-pretrained"} <= set(job_body["examples"])
-    predict_body = spec["paths"]["/v1/models/{model_id}/predict"]["post"]["requestBody"]["content"]
+    predict_body = spec["paths"]["/v1/models/{ref}/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(predict_body)
     assert predict_body["application/json"]["examples"]
 

@@ -72,9 +72,14 @@ def test_every_model_route_takes_name_slash_version(client, versions):
 
 def test_unknown_refs_are_404(client, versions):
     name = versions[0]["name"]
-    for ref in (f"{name}/9", f"{name}/x", f"{name}@nobody", "no-such-name", f"{name}/1/2", "a" * 32):
+    for ref in (f"{name}/9", f"{name}@nobody", "no-such-name", "a" * 32):
         assert_error(client.get(f"/v1/models/{ref}"), 404, "model_not_found", repr(ref))
         assert_error(client.post(f"/v1/models/{ref}/predict", json=IMAGE), 404, "model_not_found")
+    # Not a ref at all (a version is a number; one at most): no route, and no model is looked up.
+    for path in (f"{name}/x", f"{name}/1/2"):
+        assert_error(client.get(f"/v1/models/{path}"), 404, "not_found", "no route")
+    # A GET of an action is the action's 405, not a lookup of the model "ref/predict".
+    assert_error(client.get(f"/v1/models/{name}/predict"), 405, "method_not_allowed", "POST")
 
 
 def predict(client, ref: str) -> dict:
