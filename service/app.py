@@ -13,7 +13,7 @@ from kombu.exceptions import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from service import auth, queue, registry
-from service.api import export, figures, health, inference, job_events, job_reports, jobs, models, pages, reports
+from service.api import export, figures, health, inference, job_events, job_reports, jobs, models, oip, pages, reports
 from service.batching import PredictBatcher
 from service.errors import BodyLimitMiddleware, install_error_handlers
 from service.inference import ModelCache
@@ -79,9 +79,8 @@ def create_app() -> FastAPI:
     # which count refusals too. Before the routers: their routes take the role check then.
     auth.install(app, settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    # models.router last of those under /v1/models: its `/{ref:path}` would match their paths too.
     for router in (jobs.router, job_events.router, job_reports.router, export.router, inference.router, reports.router,
-                   figures.router, models.names_router, models.router, health.router, pages.router):
+                   figures.router, oip.router, models.names_router, models.router, health.router, pages.router):
         app.include_router(router)
     app.mount(pages.STATIC_PREFIX, pages.static, name="static")
     return app

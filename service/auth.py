@@ -26,19 +26,22 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import ApiError, error_response
+from service.errors import ApiError, error_response, speaks_protocol
 from service.settings import ApiToken, Settings, get_settings
 
-PROBES = ("/healthz", "/readyz")
+# The Open Inference Protocol's health routes are its clients' and orchestrators' probes.
+PROBES = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 # The dashboard's shell and scripts (service/api/pages.py): code, no data; its data needs a token.
 DASHBOARD_PAGE, DASHBOARD_ASSETS = "/", "/static/"
 # POSTs that only compute an answer and change nothing, so a read token may call them.
 READ_ONLY = frozenset({
-    ("POST", "/v1/models/{model_id}/predict"),
-    ("POST", "/v1/models/{model_id}/reconstruct"),
-    ("POST", "/v1/models/{model_id}/embed"),
-    ("POST", "/v1/models/{model_id}/figures/feature-maps.png"),
+    ("POST", "/v1/models/{ref}/predict"),
+    ("POST", "/v1/models/{ref}/reconstruct"),
+    ("POST", "/v1/models/{ref}/embed"),
+    ("POST", "/v1/models/{ref}/figures/feature-maps.png"),
     ("POST", "/v1/reports/bayes-risk"),
+    ("POST", "/v2/models/{model_name}/infer"),
+    ("POST", "/v2/models/{model_name}/versions/{model_version}/infer"),
 })
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="classcomp"'}
 _CALLER = "classcomp.caller"  # the ASGI scope key under which the middleware leaves the caller's token
@@ -64,28 +67,28 @@ class Policy:
             return None
         return "read" if method == "GET" or (method, path) in READ_ONLY else "write"
 
-    def identify(self, headers: Headers) -> ApiToken | JSONResponse:
-        """The caller's token, or the refusal to send."""
+    def identify(self, headers: Headers, path: str) -> ApiToken | JSONResponse:
+        """The caller's token, or the refusal to send (in the error shape of `path`)."""
         values = headers.getlist("authorization")
         if not values:
             return error_response(401, "authentication_required",
-                                  "this API needs an `Authorization: Bearer <token>` header", WWW_AUTHENTICATE)
+                                  "this API needs an `Authorization: Bearer <token>` header", WWW_AUTHENTICATE, path)
         parts = values[0].split()
         if len(values) > 1 or len(parts) != 2 or parts[0].lower() != "bearer":
             return error_response(401, "invalid_authorization_header",
-                                  "the Authorization header must be `Bearer <token>`, once", WWW_AUTHENTICATE)
+                                  "the Authorization header must be `Bearer <token>`, once", WWW_AUTHENTICATE, path)
         presented = _digest(parts[1])
         caller = None
         for digest, token in self.tokens:  # all of them, whichever matches: the time taken tells nothing
             if hmac.compare_digest(digest, presented):
                 caller = token
         if caller is None:
-            return error_response(403, "invalid_token", "the bearer token is not one this service accepts")
+            return error_response(403, "invalid_token", "the bearer token is not one this service accepts", path=path)
         return caller
 
     async def authorize(self, request: Request) -> None:
         # async although it never awaits: FastAPI runs a plain function dependency in its threadpool.
-        path = request.scope["route"].path
+        path = request.scope["route"].path_format  # `{ref}`, as the OpenAPI document has it, not `{ref:model_ref}`
         if self.required_role(request.method, path) != "write":
             return
         caller: ApiToken = request.scope[_CALLER]
@@ -95,7 +98,10 @@ class Policy:
 
     def document(self, schema: dict[str, Any]) -> dict[str, Any]:
         """Declares the bearer scheme (Swagger UI's Authorize button) and each operation's role."""
-        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        def error(path: str) -> dict[str, Any]:
+            shape = "InferenceErrorResponse" if speaks_protocol(path) else "ErrorResponse"
+            return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}}}
+
         schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
             "type": "http", "scheme": "bearer",
             "description": "a token of CLASSCOMP_API_TOKEN or CLASSCOMP_API_TOKENS; x-required-role names the role "
@@ -109,9 +115,9 @@ class Policy:
                     continue
                 operation["security"] = [{"bearer": []}]
                 operation["x-required-role"] = role
-                operation["responses"]["401"] = {"description": "no or a malformed Authorization header", **error}
+                operation["responses"]["401"] = {"description": "no or a malformed Authorization header", **error(path)}
                 operation["responses"]["403"] = {"description": f"an unknown token, or one without the {role} role",
-                                                 **error}
+                                                 **error(path)}
         return schema
 
 
@@ -121,10 +127,11 @@ class AuthMiddleware:
         self.policy = policy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.policy.is_public(get_route_path(scope)):
+        path = get_route_path(scope) if scope["type"] == "http" else ""
+        if scope["type"] != "http" or self.policy.is_public(path):
             await self.app(scope, receive, send)
             return
-        caller = self.policy.identify(Headers(scope=scope))
+        caller = self.policy.identify(Headers(scope=scope), path)
         if not isinstance(caller, ApiToken):
             await caller(scope, receive, send)
             return

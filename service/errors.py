@@ -1,7 +1,10 @@
 """One error shape for every failure: {"error": {"code": "machine_code", "message": "human sentence"}}.
 
 Routes raise ApiError; FastAPI's own errors (validation, unknown routes, wrong methods, bodies
-over the size limit) and anything unexpected are rewritten into the same shape here.
+over the size limit) and anything unexpected are rewritten into the same shape here. Under /v2,
+the Open Inference Protocol's routes (service/api/oip.py), every failure takes that protocol's
+shape instead, {"error": "human sentence"}: its clients read `error` as a string (tritonclient's
+exception cannot even print an object there).
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
+
+PROTOCOL_PREFIX = "/v2"
 
 
 class ApiError(HTTPException):
@@ -34,8 +40,16 @@ def not_found(kind: str, item_id: str) -> ApiError:
     return ApiError(404, f"{kind}_not_found", f"there is no {kind} with id {item_id!r}")
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def speaks_protocol(path: str) -> bool:
+    """Whether `path` (the route path, without any root path) is one of the Open Inference Protocol's."""
+    return path == PROTOCOL_PREFIX or path.startswith(f"{PROTOCOL_PREFIX}/")
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   path: str = "") -> JSONResponse:
+    """The error in the shape its path speaks: `path` is the request's route path."""
+    body = {"error": message} if speaks_protocol(path) else {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _location(error: dict[str, Any], body: Any) -> str:
@@ -90,7 +104,8 @@ class BodyLimitMiddleware:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             error = self.error()
-            await error_response(error.status_code, error.code, error.message)(scope, receive, send)
+            await error_response(error.status_code, error.code, error.message,
+                                 path=get_route_path(scope))(scope, receive, send)
             return
         received = 0
 
@@ -119,14 +134,16 @@ def allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+        return error_response(exc.status_code, exc.code, exc.message, exc.headers, get_route_path(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", validation_message(list(exc.errors()), exc.body))
+        return error_response(422, "invalid_request", validation_message(list(exc.errors()), exc.body),
+                              path=get_route_path(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = get_route_path(request.scope)
         status = HTTPStatus(exc.status_code)
         code = status.phrase.lower().replace(" ", "_").replace("-", "_")
         message = exc.detail if isinstance(exc.detail, str) else status.phrase
@@ -135,10 +152,11 @@ def install_error_handlers(app: FastAPI) -> None:
         elif exc.status_code == 405:
             allowed = allowed_methods(request)
             message = f"{request.url.path} does not accept {request.method}; it accepts {', '.join(allowed)}"
-            return error_response(405, code, message, {"Allow": ", ".join(allowed)})
-        return error_response(exc.status_code, code, message, exc.headers)
+            return error_response(405, code, message, {"Allow": ", ".join(allowed)}, path)
+        return error_response(exc.status_code, code, message, exc.headers, path)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "the server failed to handle this request; see its log")
+        return error_response(500, "internal_error", "the server failed to handle this request; see its log",
+                              path=get_route_path(request.scope))

@@ -140,7 +140,7 @@ class Batch:
     sizes: list[tuple[int, int]]  # each input's original (height, width)
 
 
-def _check_pixels(shapes: list[tuple[str, int, int]]) -> int:
+def check_pixels(shapes: list[tuple[str, int, int]]) -> int:
     """The pixels of all the (name, height, width) of a request; 413 for one image, or all together, over budget."""
     settings = get_settings()
     for name, height, width in shapes:
@@ -206,7 +206,7 @@ def batch_from_uploads(uploads: list[Upload], image_size: int) -> Batch:
     """Every header is checked against the pixel budgets before any image is decoded; then one is
     decoded at a time and shrunk at once, so a request holds at most one full-size image."""
     images = [open_image(u) for u in uploads]
-    pixels = _check_pixels([(u.filename, image.height, image.width) for u, image in zip(uploads, images)])
+    pixels = check_pixels([(u.filename, image.height, image.width) for u, image in zip(uploads, images)])
     inputs = [decode(image, u.filename, image_size) for u, image in zip(uploads, images)]
     release_freed_memory(pixels)
     return Batch(torch.cat([x for x, _ in inputs]), [size for _, size in inputs])
@@ -214,7 +214,7 @@ def batch_from_uploads(uploads: list[Upload], image_size: int) -> Batch:
 
 def pixel_images(pixels: list[list[list[float]]]) -> list[Tensor]:
     """JSON pixel arrays within the pixel budgets, as float tensors (H, W) in [0, 255]."""
-    _check_pixels([(f"pixels[{i}]", len(p), len(p[0])) for i, p in enumerate(pixels)])
+    check_pixels([(f"pixels[{i}]", len(p), len(p[0])) for i, p in enumerate(pixels)])
     # to_model_input expects [0, 255]; scaling floats (not rounding to uint8) keeps the client's precision.
     return [torch.tensor(p, dtype=torch.float32).mul_(255) for p in pixels]
 

@@ -23,14 +23,16 @@ WRITE_TOKEN = secrets.token_urlsafe(24)
 WRONG_TOKEN = secrets.token_urlsafe(24)
 ORIGIN = "https://dashboard.example"
 SOME_ID = "0123456789abcdef0123456789abcdef"
-PROBES = {"/healthz", "/readyz"}
+PROBES = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
 # The non-GET operations a read token may call: they compute an answer and change nothing.
 READ_ONLY = {
-    ("POST", "/v1/models/{model_id}/predict"),
-    ("POST", "/v1/models/{model_id}/reconstruct"),
-    ("POST", "/v1/models/{model_id}/embed"),
-    ("POST", "/v1/models/{model_id}/figures/feature-maps.png"),
+    ("POST", "/v1/models/{ref}/predict"),
+    ("POST", "/v1/models/{ref}/reconstruct"),
+    ("POST", "/v1/models/{ref}/embed"),
+    ("POST", "/v1/models/{ref}/figures/feature-maps.png"),
     ("POST", "/v1/reports/bayes-risk"),
+    ("POST", "/v2/models/{model_name}/infer"),
+    ("POST", "/v2/models/{model_name}/versions/{model_version}/infer"),
 }
 TINY_GAUSSIAN_JOB = {"kind": "train", "model": "vgg", "dataset": TINY_GAUSSIAN, "training": {"epochs": 1, "width": 0.125}}
 
@@ -65,6 +67,16 @@ def concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", SOME_ID, path)
 
 
+def assert_refused(path: str, response: httpx.Response, status: int, code: str, *in_message: str) -> None:
+    """assert_error; under /v2, the Open Inference Protocol's error shape, {"error": "message"}, without the code."""
+    if not path.startswith("/v2"):
+        assert_error(response, status, code, *in_message)
+        return
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and all(fragment in body["error"] for fragment in in_message), body
+
+
 @pytest.fixture(scope="module")
 def exposed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[tuple[Service, ServiceProcess]]:
     """An API on every interface with one (write) token, public metrics and no CORS setting."""
@@ -78,14 +90,14 @@ def exposed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterato
 
 def test_every_operation_but_the_probes_needs_a_token(secured, spec):
     ops = operations(spec)
-    assert ("DELETE", "/v1/models/{model_id}") in ops and ("GET", "/metrics") in ops
+    assert ("DELETE", "/v1/models/{ref}") in ops and ("GET", "/metrics") in ops
     for method, path in ops:
         response = httpx.request(method, f"{secured.url}{concrete(path)}")
         if path in PROBES:
             assert response.status_code == 200, (method, path, response.text)
             assert spec["paths"][path][method.lower()]["security"] == []
             continue
-        assert_error(response, 401, "authentication_required", "Authorization: Bearer")
+        assert_refused(path, response, 401, "authentication_required", "Authorization: Bearer")
         assert response.headers["www-authenticate"].startswith("Bearer"), (method, path)
     for page in ("/docs", "/redoc"):
         assert httpx.get(f"{secured.url}{page}").status_code == 200
@@ -97,13 +109,13 @@ def test_every_state_changing_operation_needs_the_write_role(secured, spec):
     changing = [(method, path) for method, path in operations(spec) if method != "GET"]
     declared_read = {(m, p) for m, p in changing if spec["paths"][p][m.lower()]["x-required-role"] == "read"}
     assert declared_read == READ_ONLY
-    assert {("POST", "/v1/jobs"), ("POST", "/v1/jobs/{job_id}/cancel"), ("DELETE", "/v1/models/{model_id}")} <= set(changing)
+    assert {("POST", "/v1/jobs"), ("POST", "/v1/jobs/{job_id}/cancel"), ("DELETE", "/v1/models/{ref}")} <= set(changing)
     with client(secured.url, WRONG_TOKEN) as wrong, client(secured.url, READ_TOKEN) as reader:
         jobs_before = reader.get("/v1/jobs").json()["total"]
         for method, path in changing:
             url = concrete(path)
-            assert_error(httpx.request(method, f"{secured.url}{url}"), 401, "authentication_required")
-            assert_error(wrong.request(method, url), 403, "invalid_token")
+            assert_refused(path, httpx.request(method, f"{secured.url}{url}"), 401, "authentication_required")
+            assert_refused(path, wrong.request(method, url), 403, "invalid_token")
             response = reader.request(method, url, json=TINY_GAUSSIAN_JOB)
             if (method, path) in READ_ONLY:
                 assert response.status_code not in (401, 403), (method, path, response.text)

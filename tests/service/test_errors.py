@@ -40,7 +40,7 @@ def png_bytes(size=(28, 28)) -> bytes:
         ("GET", "/v1/models/nonsense/metrics", "model_not_found"),
         ("GET", "/v1/models/nonsense/weights", "model_not_found"),
         ("DELETE", "/v1/models/nonsense", "model_not_found"),
-        ("GET", "/v2/anything", "not_found"),
+        ("GET", "/v3/anything", "not_found"),  # under /v2 the Open Inference Protocol answers (test_oip.py)
     ],
 )
 def test_unknown_ids_and_routes_are_404(client, unchanged, method, path, code):

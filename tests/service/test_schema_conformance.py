@@ -25,8 +25,10 @@ CONFIG = """
 
 # Fixed ids, so that the model and job routes are fuzzed past their 404s.
 [parameters]
-model_id = "{model_id}"
+ref = "{model_id}"
 job_id = "{job_id}"
+model_name = "{model_name}"
+model_version = "{model_version}"
 
 # Readiness is 503 by design here: no worker is live while the API is fuzzed (test_recovery.py covers it).
 [[operations]]
@@ -50,8 +52,15 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 409, 413, 415, 
 
 # The validation split has as many images as it has (422 past its end); a VAE has no feature maps (409).
 [[operations]]
-include-name = "GET /v1/models/{{model_id}}/figures/feature-maps.png"
+include-name = "GET /v1/models/{{ref}}/figures/feature-maps.png"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 409, 422]
+
+# A tensor must have the model's input name, shape and datatype, and as many elements as its shape, in the JSON
+# or in the binary part the Inference-Header-Content-Length header delimits (400); compressed bodies are
+# refused (415) and pixels count against the budgets (413).
+[[operations]]
+include-path-regex = "^/v2/models/.*/infer$"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 413, 415]
 
 # A covariance must be positive (definite, for a matrix), and the dimensions must agree.
 [[operations]]
@@ -68,14 +77,16 @@ def test_the_openapi_document_holds_under_fuzzing(tmp_path: Path, data_dir: Path
         with httpx.Client(base_url=url, timeout=60, headers=AUTH) as client:
             body = {"kind": "train", "model": "vae-kmeans", "dataset": TINY_GAUSSIAN, "training": {"epochs": 1, "width": 0.125}}
             job = wait_finished(client, submit(client, body)["id"])
-        assert job["status"] == "succeeded", job
+            assert job["status"] == "succeeded", job
+            model = client.get(f"/v1/models/{job['model_ids'][0]}").json()
     finally:
         serve.stop()
 
     url, api = start_service(["serve", "--no-worker"], env, tmp_path, "api-fuzzed", probe="/healthz")
     try:
         config = tmp_path / "schemathesis.toml"
-        config.write_text(CONFIG.format(model_id=job["model_ids"][0], job_id=job["id"]))
+        config.write_text(CONFIG.format(model_id=model["id"], job_id=job["id"], model_name=model["name"],
+                                        model_version=model["version"]))
         result = subprocess.run(
             [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run", f"{url}/openapi.json",
              "--header", f"Authorization: Bearer {TOKEN}",
