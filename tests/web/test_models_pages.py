@@ -99,55 +99,139 @@ def test_model_page_reports(page, screenshot, client, analysis_models):
     screenshot(page, "reports")
 
 
-def listed(client) -> list[dict]:
-    return client.get("/v1/models", params={"limit": 200}).json()["items"]  # newest first, as the page gets them
+def api_page(client, **params) -> dict:
+    """GET /v1/models with the page's query: the independent source of what the list must show."""
+    response = client.get("/v1/models", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
-def row_ids(page) -> list[str]:
-    return page.locator("#models-table tbody tr").evaluate_all("rows => rows.map((r) => r.dataset.id)")
+def expect_list(page, client, **params) -> dict:
+    """The list shows the API's page for `params`, in its order: name/version linking to each model, and
+    the API's count."""
+    expected = api_page(client, **params)
+    items = expected["items"]
+    links = page.locator("#models-table tbody td[data-column=name] a")
+    expect(links).to_have_text([f"{m['name']}/{m['version']}" for m in items])
+    assert links.evaluate_all("links => links.map((a) => a.getAttribute('href'))") == [f"#/models/{m['id']}" for m in items]
+    first = expected["offset"] + 1
+    count = f"{first}-{first + len(items) - 1} of {expected['total']} models" if items else f"0 of {expected['total']} models"
+    expect(page.locator("#models-count")).to_have_text(count)
+    return expected
 
 
-def test_models_list_filters_and_sorts(page, screenshot, client, analysis_models):
-    models = listed(client)
-    assert len(models) >= 3
+def test_models_list_filters_sorts_and_pages_on_the_server(page, screenshot, client, analysis_models):
+    doc = client.get("/openapi.json").json()
+    sort_keys = next(p for p in doc["paths"]["/v1/models"]["get"]["parameters"] if p["name"] == "sort")["schema"]["enum"]
+    total = api_page(client)["total"]
+    assert total >= 3
     open_page(page, "/models", "#models-table tbody tr")
-    # By default newest first, as the API lists them.
-    assert row_ids(page) == [m["id"] for m in models]
+    # By default newest first: the API's default order.
+    expect_list(page, client)
+    expect(page.locator("#page-previous")).to_be_disabled()
+    expect(page.locator("#page-next")).to_be_disabled()
+
+    # The sort keys are the API's; the columns it cannot sort by only show.
+    options = page.locator("#sort-key option").evaluate_all("options => options.map((o) => o.value)")
+    assert sorted(options) == sorted(key for key in sort_keys if not key.startswith("-"))
+    for column in ("size", "parameters", "time"):
+        expect(page.locator(f'th[data-column="{column}"]')).not_to_have_attribute("data-sort", column)
 
     page.click('th[data-sort="accuracy"]')  # numbers sort best first
-    by_accuracy = sorted(models, key=lambda m: m["final_metrics"]["val_accuracy"], reverse=True)
-    assert row_ids(page) == [m["id"] for m in by_accuracy]
+    expect_list(page, client, sort="-accuracy")
     page.click('th[data-sort="accuracy"]')
-    by_accuracy = sorted(models, key=lambda m: m["final_metrics"]["val_accuracy"])
-    assert row_ids(page) == [m["id"] for m in by_accuracy]
+    expect_list(page, client, sort="accuracy")
     expect(page.locator('th[data-sort="accuracy"]')).to_have_attribute("aria-sort", "ascending")
-
+    page.click('th[data-sort="name"]')  # text sorts A to Z first
+    expect_list(page, client, sort="name")
     page.click('th[data-sort="architecture"]')
-    assert row_ids(page) == [m["id"] for m in sorted(models, key=lambda m: m["model"])]
+    expect_list(page, client, sort="architecture")
     # The controls do the same: newest first, then oldest first.
     page.select_option("#sort-key", "date")
-    assert row_ids(page) == [m["id"] for m in models]
+    expect_list(page, client, sort="-date")
     page.click("#sort-direction")
-    assert row_ids(page) == [m["id"] for m in reversed(models)]
+    expect_list(page, client, sort="date")
+
+    # The filters' choices are the train job's enums in the API's schema, and the registered names.
+    schemas = doc["components"]["schemas"]
+    for key, values in [("architecture", schemas["TrainJob"]["properties"]["model"]["enum"]),
+                        ("dataset", schemas["DatasetConfig"]["properties"]["name"]["enum"]),
+                        ("condition", schemas["DatasetConfig"]["properties"]["condition"]["enum"])]:
+        assert page.locator(f"#filter-{key} option").evaluate_all("options => options.map((o) => o.value)") == ["", *values]
+    names = [n["name"] for n in client.get("/v1/registered-models", params={"limit": 200}).json()["items"]]
+    assert page.locator("#filter-name option").evaluate_all("options => options.map((o) => o.value)") == ["", *names]
 
     page.select_option("#filter-architecture", "vae-svm")
-    assert row_ids(page) == [m["id"] for m in reversed(models) if m["model"] == "vae-svm"]
+    assert expect_list(page, client, architecture="vae-svm", sort="date")["total"] >= 1
     page.select_option("#filter-architecture", "")
-    page.select_option("#filter-dataset", "Gaussian images")
-    gaussian = [m["id"] for m in reversed(models) if m["config"]["dataset"]["name"] == "gaussian"]
-    assert analysis_models["vgg"] in gaussian and analysis_models["vae-kmeans"] in gaussian
-    assert row_ids(page) == gaussian
+    page.select_option("#filter-dataset", "gaussian")
+    gaussian = expect_list(page, client, dataset="gaussian", sort="date")
+    assert {analysis_models["vgg"], analysis_models["vae-kmeans"]} <= {m["id"] for m in gaussian["items"]}
     page.select_option("#filter-condition", "vanilla")
-    vanilla = [i for i in gaussian if next(m for m in models if m["id"] == i)["config"]["dataset"]["condition"] == "vanilla"]
-    assert row_ids(page) == vanilla
-    expect(page.locator("#models-table tbody td[data-column=dataset]")).to_have_text(["Gaussian images"] * len(vanilla))
+    vanilla = expect_list(page, client, dataset="gaussian", condition="vanilla", sort="date")
+    expect(page.locator("#models-table tbody td[data-column=dataset]")).to_have_text(["Gaussian images"] * len(vanilla["items"]))
     # The view is in the URL, to be shared.
-    assert "dataset=Gaussian+images" in page.evaluate("location.hash")
+    assert "dataset=gaussian" in page.evaluate("location.hash")
     screenshot(page, "models-list")
+    page.select_option("#filter-dataset", "")
+    page.select_option("#filter-condition", "")
+    vgg_name = client.get(f"/v1/models/{analysis_models['vgg']}").json()["name"]
+    page.select_option("#filter-name", vgg_name)
+    expect_list(page, client, name=vgg_name, sort="date")
+
+    # A shared view opens as it was left, and pages: two models a page.
+    open_page(page, "/models?sort=accuracy&dir=desc&limit=2", "#models-table tbody tr")
+    expect_list(page, client, sort="-accuracy", limit=2)
+    expect(page.locator("#page-previous")).to_be_disabled()
+    for offset in range(2, total, 2):
+        page.click("#page-next")
+        expect_list(page, client, sort="-accuracy", limit=2, offset=offset)
+        assert f"offset={offset}" in page.evaluate("location.hash")
+    expect(page.locator("#page-next")).to_be_disabled()
+    page.click("#page-previous")
+    expect_list(page, client, sort="-accuracy", limit=2, offset=offset - 2)
+    # Another order starts again from the first page.
+    page.click('th[data-sort="condition"]')
+    expect_list(page, client, sort="condition", limit=2)
+    screenshot(page, "models-list-paged")
 
 
-def test_compare_two_models(page, screenshot, analysis_models):
+def test_set_and_remove_an_alias_on_the_model_page(page, screenshot, client, analysis_models):
+    model = client.get(f"/v1/models/{analysis_models['vgg']}").json()
+    name, alias = model["name"], "web-champion"
+    open_page(page, f"/models/{model['id']}", "#alias-form")
+    expect(page.locator('#model-summary dt:text-is("name") + dd')).to_have_text(name)
+    expect(page.locator('#model-summary dt:text-is("version") + dd')).to_have_text(str(model["version"]))
+
+    page.fill("#alias-input", alias)
+    page.click("#alias-set")
+    badge = page.locator(f'#model-aliases .badge[data-alias="{alias}"]')
+    expect(badge).to_be_visible()
+    expect(page.locator("#alias-input")).to_have_value("")
+    resolved = client.get(f"/v1/models/{name}@{alias}")
+    assert resolved.status_code == 200, resolved.text
+    assert resolved.json()["id"] == model["id"]
+    # The API's refusal shows as its message: `latest` is reserved.
+    page.fill("#alias-input", "latest")
+    page.click("#alias-set")
+    expect(page.locator("#model-summary .error")).to_contain_text("422 invalid_request")
+    expect(page.locator("#model-summary .error")).to_contain_text("reserved")
+    screenshot(page, "alias-set")
+
+    # The list shows the alias beside the name/version.
+    open_page(page, "/models", "#models-table tbody tr")
+    expect(page.locator(f'#models-table tr[data-id="{model["id"]}"] td[data-column=name] .badge')).to_contain_text([alias])
+
+    open_page(page, f"/models/{model['id']}", "#alias-form")
+    page.click(f'#model-aliases .badge[data-alias="{alias}"] .remove-alias')
+    expect(badge).to_have_count(0)
+    expect(page.locator("#model-summary .error")).to_have_count(0)
+    assert client.get(f"/v1/models/{name}@{alias}").status_code == 404
+
+
+def test_compare_two_models(page, screenshot, client, analysis_models):
     vgg, vae = analysis_models["vgg"], analysis_models["vae-svm"]
+    versions = {i: "{name}/{version}".format(**client.get(f"/v1/models/{i}").json()) for i in (vgg, vae)}
     open_page(page, "/models", "#models-table tbody tr")
     for model_id in (vgg, vae):
         page.check(f'#models-table tr[data-id="{model_id}"] input.select-model')
@@ -159,8 +243,9 @@ def test_compare_two_models(page, screenshot, analysis_models):
     accuracy = page.locator('#compare-charts [data-metric="val_accuracy"]')
     names = accuracy.locator("polyline").evaluate_all("lines => lines.map((l) => l.dataset.series)")
     assert len(names) == 2
-    assert names[0].startswith("vgg · Gaussian images") and names[0].endswith(vgg[:6])
-    assert names[1].startswith("vae-svm · MNIST 0 vs 1") and names[1].endswith(vae[:6])
+    # Each legend ends with the model's registered name/version.
+    assert names[0].startswith("vgg · Gaussian images") and names[0].endswith(f" · {versions[vgg]}")
+    assert names[1].startswith("vae-svm · MNIST 0 vs 1") and names[1].endswith(f" · {versions[vae]}")
     expect(accuracy.locator(".legend")).to_contain_text(names[0])
     expect(accuracy.locator(".legend")).to_contain_text(names[1])
     expect(page.locator("#compare-table thead th[data-id]")).to_have_count(2)

@@ -1,8 +1,8 @@
 // The compare page: the training curves of several models overlaid, one chart per metric, and their
 // configs and final metrics side by side. The models are the URL's (#/compare?ids=a,b), so a
 // comparison can be shared; adding or removing a model changes the URL.
-import { api, duration, errorBox, h, lineChart, navigate, PALETTE, route, when } from "./lib.js";
-import { allModels, datasetLabel, formatMetric, METRIC_LABELS, metricKeys, modelLabel, pointsByPhase } from "./models.js";
+import { allItems, api, duration, errorBox, h, lineChart, navigate, PALETTE, route, when } from "./lib.js";
+import { datasetLabel, formatMetric, METRIC_LABELS, metricKeys, modelLabel, pointsByPhase } from "./models.js";
 
 const showIds = (ids) => navigate(ids.length ? `#/compare?ids=${ids.join(",")}` : "#/compare");
 
@@ -66,7 +66,7 @@ function addControl(everyModel, ids) {
 route("/compare", async ({ query, signal }) => {
   const ids = [...new Set((query.get("ids") ?? "").split(",").filter(Boolean))];
   // A model deleted since the link was made fails alone: the others are still compared.
-  const [everyModel, loaded] = await Promise.all([allModels(signal), Promise.allSettled(ids.map((id) => Promise.all([
+  const [everyModel, loaded] = await Promise.all([allItems("/v1/models", signal), Promise.allSettled(ids.map((id) => Promise.all([
     api(`/v1/models/${id}`, { signal }), api(`/v1/models/${id}/metrics`, { signal })])))]);
   const found = loaded.filter((r) => r.status === "fulfilled").map((r) => r.value);
   const failures = loaded.map((r, i) => r.status === "rejected" ? errorBox(new Error(`${ids[i]}: ${r.reason.message}`)) : null);

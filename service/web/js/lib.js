@@ -49,6 +49,27 @@ export async function api(path, options) {
   return response.status === 204 ? null : response.json();
 }
 
+/** Every item of a paged list (GET path, e.g. /v1/models): the API gives 200 at most per request. */
+export async function allItems(path, signal) {
+  const items = [];
+  for (;;) {
+    const page = await api(`${path}?limit=200&offset=${items.length}`, { signal });
+    items.push(...page.items);
+    if (!page.items.length || items.length >= page.total) return items;
+  }
+}
+
+let documentPromise = null; // fetched once per visit of the dashboard: it changes only with the service
+
+/** The API's OpenAPI document: pages read its enums, defaults and examples rather than keep copies. */
+export function openApi() {
+  documentPromise ??= api("/openapi.json").catch((error) => {
+    documentPromise = null; // let the next visit try again
+    throw error;
+  });
+  return documentPromise;
+}
+
 /** An object URL for an image the API returns (a plain <img src> could not carry the token). */
 export async function imageUrl(path, options) {
   const response = await request(path, options);

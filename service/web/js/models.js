@@ -1,7 +1,7 @@
 // The models pages: the registry as a list to filter, sort and pick from for comparison, and one
 // model's page: its config and metrics, its training curves, the paper's figures for its kind, its
 // reports, and a drop zone that runs it on a person's own images.
-import { api, apiImage, duration, errorBox, h, lineChart, percent, route, when } from "./lib.js";
+import { allItems, api, apiImage, duration, errorBox, h, lineChart, openApi, percent, route, when } from "./lib.js";
 
 // --- describing a model (also used by the compare and report pages) ---------------------------------
 
@@ -15,24 +15,14 @@ export function datasetLabel(dataset) {
   return classes.length === 2 ? `${title} ${classes.join(" vs ")}` : `${title}, ${classes.length} classes`;
 }
 
-/** A name that tells models apart in a legend: architecture, data, condition and the id's start. */
+/** A name that tells models apart in a legend: architecture, data, condition and the registered name/version. */
 export const modelLabel = (model) =>
-  `${model.model} · ${datasetLabel(model.config.dataset)} · ${model.config.dataset.condition} · ${model.id.slice(0, 6)}`;
+  `${model.model} · ${datasetLabel(model.config.dataset)} · ${model.config.dataset.condition} · ${model.name}/${model.version}`;
 
 // `model` is anything with the architecture's name in `model`: a registered model, a report's row.
 export const isVae = (model) => model.model.includes("vae");
 // The paper's VAE is an MLP: kernels and feature maps exist for the CNNs and the convolutional VAEs only.
 const hasConvolutions = (model) => !model.model.startsWith("vae-");
-
-/** Every registered model: the API pages its list, 200 at most per request. */
-export async function allModels(signal) {
-  const models = [];
-  for (;;) {
-    const page = await api(`/v1/models?limit=200&offset=${models.length}`, { signal });
-    models.push(...page.items);
-    if (!page.items.length || models.length >= page.total) return models;
-  }
-}
 
 // --- per-epoch metrics (also drawn by the compare page) -------------------------------------------
 
@@ -96,79 +86,130 @@ function curveCharts(metrics) {
 
 // --- /models: the list --------------------------------------------------------------------------
 
-// The list's columns: `value` sorts and filters, `text` shows it (the value itself when absent).
+/** An alias as a small badge; with `onRemove`, a × that removes it. */
+function aliasBadge(alias, onRemove = null) {
+  return h("span", { class: "badge", "data-alias": alias }, alias, onRemove
+    ? h("button", { type: "button", class: "link remove-alias", title: `remove the alias ${alias}`,
+      "aria-label": `remove the alias ${alias}`, onclick: onRemove }, "×")
+    : null);
+}
+
+// The list's columns. A column whose key is one of the API's sort keys sorts (GET /v1/models sorts in
+// the database); image size, parameters and training time are not among them, so they only show.
 const COLUMNS = [
-  { key: "architecture", value: (m) => m.model },
-  { key: "dataset", value: (m) => datasetLabel(m.config.dataset) },
-  { key: "condition", value: (m) => m.config.dataset.condition },
-  { key: "size", title: "image size", value: (m) => m.config.dataset.image_size, num: true },
-  { key: "parameters", value: (m) => m.parameter_count, num: true, text: (n) => n.toLocaleString("en") },
-  { key: "accuracy", title: "val accuracy", value: (m) => m.final_metrics.val_accuracy, num: true, text: percent },
-  { key: "time", title: "training time", value: (m) => m.train_seconds, num: true, text: duration },
-  { key: "date", title: "created", value: (m) => m.created_at, text: when },
+  { key: "name", cell: (m) => [h("a", { href: `#/models/${m.id}` }, `${m.name}/${m.version}`), m.aliases.map((a) => aliasBadge(a))] },
+  { key: "architecture", cell: (m) => m.model },
+  { key: "dataset", cell: (m) => datasetLabel(m.config.dataset) },
+  { key: "condition", cell: (m) => m.config.dataset.condition },
+  { key: "size", title: "image size", cell: (m) => m.config.dataset.image_size, num: true },
+  { key: "parameters", cell: (m) => m.parameter_count.toLocaleString("en"), num: true },
+  { key: "accuracy", title: "val accuracy", cell: (m) => percent(m.final_metrics.val_accuracy), num: true },
+  { key: "time", title: "training time", cell: (m) => duration(m.train_seconds), num: true },
+  { key: "date", title: "created", cell: (m) => when(m.created_at) },
 ];
-const FILTERS = ["architecture", "dataset", "condition"];
+// The API's filters, by their query parameters' names.
+const FILTERS = ["name", "architecture", "dataset", "condition"];
 const columnOf = (key) => COLUMNS.find((c) => c.key === key);
 // Text columns sort A to Z first; numbers and dates best or newest first.
 const firstDirection = (key) => (columnOf(key).num || key === "date" ? "desc" : "asc");
 const flip = (dir) => (dir === "asc" ? "desc" : "asc");
 
-function compareValues(a, b) {
-  if (a == null || b == null) return (a == null) - (b == null); // missing values last either way
-  return typeof a === "number" ? a - b : String(a).localeCompare(String(b));
+/**
+ * What GET /v1/models offers, from the API's OpenAPI document: the sort keys, the page size (default
+ * and most), and each filter's choices as [value, text] pairs, the names being those registered.
+ */
+function listOptions(doc, names) {
+  const parameter = (name) => doc.paths["/v1/models"].get.parameters.find((p) => p.name === name).schema;
+  const { TrainJob, DatasetConfig } = doc.components.schemas;
+  const plain = (values) => values.map((v) => [v, v]);
+  return {
+    sortKeys: parameter("sort").enum.filter((key) => !key.startsWith("-")),
+    limit: { fallback: parameter("limit").default, most: parameter("limit").maximum },
+    choices: {
+      name: plain(names.map((n) => n.name)),
+      architecture: plain(TrainJob.properties.model.enum),
+      dataset: DatasetConfig.properties.name.enum.map((v) => [v, DATASET_TITLES[v] ?? v]),
+      condition: plain(DatasetConfig.properties.condition.enum),
+    },
+  };
 }
 
-/** The list's state lives in the URL (#/models?architecture=vgg&sort=accuracy&dir=desc), so a view can be shared. */
-function readState(query) {
-  const sort = columnOf(query.get("sort")) ? query.get("sort") : "date";
-  const dir = ["asc", "desc"].includes(query.get("dir")) ? query.get("dir") : "desc";
-  return { sort, dir, ...Object.fromEntries(FILTERS.map((f) => [f, query.get(f) ?? ""])) };
+const wholeNumber = (text, fallback) => (/^\d+$/.test(text ?? "") ? Number(text) : fallback);
+
+/** The list's state lives in the URL (#/models?architecture=vgg&sort=accuracy&dir=desc&offset=50), so a view can be shared. */
+function readState(query, options) {
+  const sort = options.sortKeys.includes(query.get("sort")) && columnOf(query.get("sort")) ? query.get("sort") : "date";
+  const dir = ["asc", "desc"].includes(query.get("dir")) ? query.get("dir") : firstDirection(sort);
+  const limit = Math.min(Math.max(wholeNumber(query.get("limit"), options.limit.fallback), 1), options.limit.most);
+  return { ...Object.fromEntries(FILTERS.map((f) => [f, query.get(f) ?? ""])), sort, dir,
+           limit, offset: wholeNumber(query.get("offset"), 0) };
 }
 
 function writeState(state) {
   if (location.hash.split("?")[0] !== "#/models") return; // the person has left the page meanwhile
   const query = new URLSearchParams(Object.entries(state).filter(([, v]) => v));
-  // replaceState, not location.hash: changing the hash would make the router fetch the page again.
+  // replaceState, not location.hash: changing the hash would make the router build the page again.
   history.replaceState(null, "", `#/models?${query}`);
 }
 
-function visibleRows(models, state) {
-  const column = columnOf(state.sort);
-  const sign = state.dir === "asc" ? 1 : -1;
-  return models
-    .filter((m) => FILTERS.every((f) => !state[f] || columnOf(f).value(m) === state[f]))
-    .sort((a, b) => {
-      const [x, y] = [column.value(a), column.value(b)];
-      return x == null || y == null ? compareValues(x, y) : sign * compareValues(x, y);
-    });
+/** The state as GET /v1/models's query: the same filters, `-key` for descending. */
+function apiQuery(state) {
+  const query = new URLSearchParams(FILTERS.filter((f) => state[f]).map((f) => [f, state[f]]));
+  query.set("sort", `${state.dir === "desc" ? "-" : ""}${state.sort}`);
+  query.set("limit", state.limit);
+  query.set("offset", state.offset);
+  return query;
 }
 
-function modelsList(models, query) {
-  const state = readState(query);
-  const selected = new Set();
+/** "1-50 of 123 models". */
+function pageText({ items, total, offset }) {
+  return items.length ? `${offset + 1}-${offset + items.length} of ${total} models` : `0 of ${total} models`;
+}
+
+/** The list, drawn from the API one page at a time; resolves once the first page is on it. */
+async function modelsList(options, query, signal) {
+  const state = readState(query, options);
+  const selected = new Set(); // ids, kept across pages and filters: a comparison may take models from several
   const tbody = h("tbody");
+  const problem = h("div");
   const count = h("span", { class: "muted", id: "models-count" });
+  const previous = h("button", { type: "button", id: "page-previous", class: "secondary",
+    onclick: () => setOffset(state.offset - state.limit) }, "◀ previous");
+  const next = h("button", { type: "button", id: "page-next", class: "secondary",
+    onclick: () => setOffset(state.offset + state.limit) }, "next ▶");
   const compare = h("button", { id: "compare-selected", disabled: true,
     onclick: () => { location.hash = `#/compare?ids=${[...selected].join(",")}`; } }, "Compare");
+  const sortable = (column) => options.sortKeys.includes(column.key);
   const headers = COLUMNS.map((column) => h("th", {
-    class: `sortable${column.num ? " num" : ""}`, "data-sort": column.key,
+    class: [sortable(column) ? "sortable" : null, column.num ? "num" : null].filter(Boolean).join(" ") || null,
+    "data-column": column.key, "data-sort": sortable(column) ? column.key : null,
+    title: sortable(column) ? null : "the API does not sort by this column",
     // The sorted column's header flips its direction; another's sorts by it.
-    onclick: () => setSort(column.key, column.key === state.sort ? flip(state.dir) : firstDirection(column.key)),
+    onclick: sortable(column)
+      ? () => setSort(column.key, column.key === state.sort ? flip(state.dir) : firstDirection(column.key))
+      : null,
   }, column.title ?? column.key));
 
   const sortSelect = h("select", { id: "sort-key", onchange: () => setSort(sortSelect.value, firstDirection(sortSelect.value)) },
-    COLUMNS.map((c) => h("option", { value: c.key, selected: c.key === state.sort }, c.title ?? c.key)));
+    COLUMNS.filter(sortable).map((c) => h("option", { value: c.key }, c.title ?? c.key)));
   const dirButton = h("button", { id: "sort-direction", type: "button", class: "secondary",
     onclick: () => setSort(state.sort, flip(state.dir)) });
   const filters = FILTERS.map((key) => {
-    const values = [...new Set(models.map(columnOf(key).value))].sort();
-    const select = h("select", { id: `filter-${key}`, onchange: () => { state[key] = select.value; draw(); } },
-      h("option", { value: "" }, `all`), values.map((v) => h("option", { value: v, selected: v === state[key] }, v)));
+    // A value from a shared link that is no longer a choice (a name since deleted) still shows what is filtered.
+    const choices = options.choices[key].some(([v]) => v === state[key]) || !state[key]
+      ? options.choices[key] : [...options.choices[key], [state[key], state[key]]];
+    const select = h("select", { id: `filter-${key}`, onchange: () => { Object.assign(state, { [key]: select.value, offset: 0 }); draw(); } },
+      h("option", { value: "" }, "all"), choices.map(([value, text]) => h("option", { value, selected: value === state[key] }, text)));
     return h("label", {}, `${key} `, select);
   });
 
   function setSort(key, dir) {
-    Object.assign(state, { sort: key, dir });
+    Object.assign(state, { sort: key, dir, offset: 0 });
+    draw();
+  }
+
+  function setOffset(offset) {
+    state.offset = Math.max(offset, 0);
     draw();
   }
 
@@ -178,12 +219,7 @@ function modelsList(models, query) {
       onchange: () => { box.checked ? selected.add(model.id) : selected.delete(model.id); updateCompare(); } });
     return h("tr", { "data-id": model.id },
       h("td", {}, box),
-      COLUMNS.map((column, i) => {
-        const value = column.value(model);
-        const text = value == null ? "-" : (column.text ?? String)(value);
-        return h("td", { class: column.num ? "num" : null, "data-column": column.key },
-          i === 0 ? h("a", { href: `#/models/${model.id}` }, text) : text);
-      }));
+      COLUMNS.map((column) => h("td", { class: column.num ? "num" : null, "data-column": column.key }, column.cell(model))));
   }
 
   function updateCompare() {
@@ -191,31 +227,59 @@ function modelsList(models, query) {
     compare.textContent = selected.size ? `Compare ${selected.size}` : "Compare";
   }
 
-  function draw() {
-    writeState(state);
-    const rows = visibleRows(models, state);
-    tbody.replaceChildren(...rows.map(row));
-    count.textContent = `${rows.length} of ${models.length} models`;
+  function showControls() {
     sortSelect.value = state.sort;
     dirButton.textContent = state.dir === "asc" ? "ascending ▲" : "descending ▼";
     for (const th of headers) {
-      const on = th.dataset.sort === state.sort;
+      const on = th.dataset.column === state.sort;
       th.setAttribute("aria-sort", on ? (state.dir === "asc" ? "ascending" : "descending") : "none");
       th.classList.toggle("sorted", on);
     }
   }
 
-  draw();
-  if (!models.length) return h("p", { class: "muted" }, "No models yet: submit a training job first.");
+  function showPage(page) {
+    tbody.replaceChildren(...page.items.map(row));
+    if (!page.items.length) {
+      tbody.append(h("tr", {}, h("td", { colspan: String(COLUMNS.length + 1), class: "muted" },
+        page.total ? "No models on this page." : "No model matches these filters.")));
+    }
+    count.textContent = pageText(page);
+    previous.disabled = page.offset === 0;
+    next.disabled = page.offset + page.items.length >= page.total;
+  }
+
+  let loading = null; // the request for the view on screen: a newer view aborts it, so no older answer lands last
+
+  async function draw() {
+    writeState(state);
+    showControls();
+    loading?.abort();
+    const controller = (loading = new AbortController());
+    try {
+      const page = await api(`/v1/models?${apiQuery(state)}`, { signal: AbortSignal.any([signal, controller.signal]) });
+      problem.replaceChildren();
+      showPage(page);
+      return page;
+    } catch (error) {
+      if (!controller.signal.aborted && !signal.aborted) problem.replaceChildren(errorBox(error));
+    }
+  }
+
+  const first = await draw();
+  if (first?.total === 0 && FILTERS.every((f) => !state[f])) {
+    return h("p", { class: "muted" }, "No models yet: submit a training job first.");
+  }
   return h("section", {},
-    h("div", { class: "row toolbar" }, filters, h("label", {}, "sort by ", sortSelect), dirButton, count, compare),
-    h("table", { id: "models-table", class: "models" }, h("thead", {}, h("tr", {}, h("th", {}, ""), headers)), tbody));
+    h("div", { class: "row toolbar" }, filters, h("label", {}, "sort by ", sortSelect), dirButton, compare),
+    problem,
+    h("table", { id: "models-table", class: "models" }, h("thead", {}, h("tr", {}, h("th", {}, ""), headers)), tbody),
+    h("div", { class: "row toolbar pager" }, previous, count, next));
 }
 
-route("/models", async ({ query, signal }) => [
-  h("h1", {}, "Models"),
-  modelsList(await allModels(signal), query),
-], "Models");
+route("/models", async ({ query, signal }) => {
+  const [doc, names] = await Promise.all([openApi(), allItems("/v1/registered-models", signal)]);
+  return [h("h1", {}, "Models"), await modelsList(listOptions(doc, names), query, signal)];
+}, "Models");
 
 // --- /models/:id: one model -------------------------------------------------------------------------
 
@@ -224,9 +288,55 @@ function definitionList(entries) {
     .flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
 }
 
-function summaryCard(model) {
+/**
+ * This version's aliases, each with a × that removes it, and a form that points one more at it. After
+ * either, the badges are the name's aliases that point here, as the API answers.
+ */
+function aliasEditor(model, signal) {
+  const namePath = `/v1/registered-models/${encodeURIComponent(model.name)}`;
+  const badges = h("span", { id: "model-aliases" });
+  const problem = h("div");
+  const input = h("input", { id: "alias-input", required: true, size: 14, placeholder: "e.g. champion",
+    "aria-label": "alias to point at this version" });
+  const aliasPath = (alias) => `${namePath}/aliases/${encodeURIComponent(alias)}`;
+  // DELETE answers 204 with no body: the name's summary is read afterwards.
+  const remove = (alias) => change(async () => {
+    await api(aliasPath(alias), { method: "DELETE", signal });
+    return api(namePath, { signal });
+  });
+  const showAliases = (aliases) => badges.replaceChildren(...[...aliases].sort().map((alias) => aliasBadge(alias, () => remove(alias))));
+
+  /** Runs `request` (which resolves to the name's summary); true if it worked, else shows the API's error. */
+  async function change(request) {
+    try {
+      const summary = await request();
+      problem.replaceChildren();
+      showAliases(Object.keys(summary.aliases).filter((alias) => summary.aliases[alias] === model.version));
+      return true;
+    } catch (error) {
+      if (!signal.aborted) problem.replaceChildren(errorBox(error));
+      return false;
+    }
+  }
+
+  // Setting an alias another version has moves it here: the API does that in one statement.
+  const form = h("form", { id: "alias-form", class: "row", onsubmit: async (event) => {
+    event.preventDefault();
+    if (await change(() => api(aliasPath(input.value.trim()), { method: "PUT", json: { version: model.version }, signal }))) {
+      input.value = "";
+    }
+  } }, input, h("button", { id: "alias-set" }, "Set alias"));
+  showAliases(model.aliases);
+  return h("div", { class: "aliases" }, badges, form, problem);
+}
+
+function summaryCard(model, signal) {
   const { dataset, training } = model.config;
   return h("div", { class: "card", id: "model-summary" }, h("h2", {}, "Configuration"), definitionList([
+    // The name links to the list of its versions.
+    ["name", h("a", { href: `#/models?name=${encodeURIComponent(model.name)}` }, model.name)],
+    ["version", String(model.version)],
+    ["aliases", aliasEditor(model, signal)],
     ["architecture", model.model],
     ["data", `${datasetLabel(dataset)}, ${dataset.image_size}×${dataset.image_size}`],
     ["classes", model.class_names.join(", ")],
@@ -450,8 +560,9 @@ route("/models/:id", async ({ params, signal }) => {
   ]);
   return [
     h("h1", {}, `${model.model} · ${datasetLabel(model.config.dataset)} · ${model.config.dataset.condition}`),
-    h("p", { class: "muted" }, `model ${model.id} · `, h("a", { href: `#/compare?ids=${model.id}` }, "compare with others")),
-    h("div", { class: "cards" }, summaryCard(model), metricsCard(model)),
+    h("p", { class: "muted" }, `${model.name}/${model.version} · model ${model.id} · `,
+      h("a", { href: `#/compare?ids=${model.id}` }, "compare with others")),
+    h("div", { class: "cards" }, summaryCard(model, signal), metricsCard(model)),
     dropZone(model, signal),
     h("h2", {}, "Training curves"),
     curveCharts(metrics),

@@ -5,7 +5,7 @@
 //
 // The API alone judges the body: fields carry no min/max, so a person sees the API's message naming the
 // field rather than a browser tooltip that knows less.
-import { api, errorBox, h, navigate, route } from "./lib.js";
+import { api, errorBox, h, navigate, openApi, route } from "./lib.js";
 
 const KINDS = ["train", "experiment", "error-analysis"];
 const KIND_SCHEMA = { train: "TrainJob", experiment: "ExperimentJob", "error-analysis": "ErrorAnalysisJob" };
@@ -16,7 +16,7 @@ const ALL = KINDS;
 const FIELDS = [
   { legend: "What to train" },
   { path: "model", label: "Model", kinds: ["train"], type: "select", options: (s) => s.models },
-  { path: "init_from", label: "Encoder from resnet (model id)", kinds: ["train"], type: "text",
+  { path: "init_from", label: "Encoder from resnet (model id or name/version)", kinds: ["train"], type: "text",
     when: (body) => body.model === "unet-pretrained" },
   // unet-pretrained needs a trained resnet, which the error analysis does not make.
   { path: "models", label: "Models", kinds: ["experiment", "error-analysis"], type: "checks",
@@ -78,16 +78,6 @@ function pretty(value, indent = "") {
 }
 
 // --- what the API's OpenAPI document tells the form ----------------------------------------------------
-
-let schemaPromise = null; // fetched once per visit of the dashboard: it changes only with the service
-
-function loadSchema() {
-  schemaPromise ??= api("/openapi.json").then(readSchema).catch((error) => {
-    schemaPromise = null; // let the next visit try again
-    throw error;
-  });
-  return schemaPromise;
-}
 
 function readSchema(doc) {
   const components = doc.components.schemas;
@@ -325,7 +315,7 @@ async function startingPoint(schema, query, signal) {
 }
 
 route("/submit", async ({ query, signal }) => {
-  const schema = await loadSchema();
+  const schema = readSchema(await openApi());
   const form = new SubmitForm(schema, signal, await startingPoint(schema, query, signal));
   return form.nodes();
 }, "Submit a job");
