@@ -12,6 +12,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -54,7 +55,6 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    url: str = Field("http://127.0.0.1:8000", description="where the CLI's client commands find the API")
     broker_url: str | None = None
     database_url: str | None = None
     artifact_dir: Path | None = None
@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="comma-separated origins (scheme://host[:port]) whose pages browsers let call the API"
     )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="an MLflow tracking server (http[s]://host:port) to which every training run logs its "
+        "params, per-epoch metrics, model files and a version of its registered name (workers/tracking.py); "
+        "unreachable, it is skipped with a warning and training goes on"
+    )
+    mlflow_experiment: str = Field("classcomp", description="the MLflow experiment those runs go to, created if missing")
 
     @field_validator("api_token")
     @classmethod
@@ -158,6 +164,15 @@ class Settings(BaseSettings):
             _check_token(token, f"entry {number} ({name}): the token")
             tokens.append(ApiToken(name, role, token))
         return tokens
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _http_tracking_uri(cls, uri: str | None) -> str | None:
+        # Workers speak MLflow's REST API, so a local store (file:, sqlite:) or a plain path would only
+        # fail at every run: refuse it at start instead.
+        if uri is not None and urlsplit(uri).scheme not in ("http", "https"):
+            raise ValueError("is not an MLflow tracking server's URL (http:// or https://)")
+        return uri
 
     @field_validator("cors_origins", mode="before")
     @classmethod

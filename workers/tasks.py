@@ -31,6 +31,7 @@ from service.registry import Job, JobStatus
 from service.schemas import ErrorAnalysisJob, ExperimentJob, TrainJob, job_request_adapter
 from service.settings import get_settings
 from workers.app import app, repeating
+from workers.tracking import Tracker
 
 logger = get_task_logger(__name__)
 
@@ -100,18 +101,23 @@ def model_row(model_id: str, directory: Path, name: str | None) -> registry.Mode
 
 def run_train(job: Job) -> None:
     request: TrainJob = job_request_adapter.validate_python(job.request)
+    cfg = request.run_config()
+    with Tracker(cfg, f"{cfg.model} ({job.id})", {"classcomp.job_id": job.id}) as tracker:
 
-    def on_epoch(record: dict) -> bool:
-        return registry.record_epoch(job.id, json_safe(record))
+        def on_epoch(record: dict) -> bool:
+            tracker.epoch(record)
+            return registry.record_epoch(job.id, json_safe(record))
 
-    trained = train_model(request.run_config(), on_epoch, request.name)
-    if trained is None:
-        registry.finish_job(job.id, JobStatus.cancelled)
-        return
-    model, _ = trained
-    if not registry.succeed_with_model(job.id, model):
-        # The job was failed meanwhile (the sweep thought this worker lost): keep no unregistered files.
-        storage.remove(model.id)
+        trained = train_model(cfg, on_epoch, request.name)
+        if trained is None:
+            registry.finish_job(job.id, JobStatus.cancelled)
+            return
+        model, _ = trained
+        if not registry.succeed_with_model(job.id, model):
+            # The job was failed meanwhile (the sweep thought this worker lost): keep no unregistered files.
+            storage.remove(model.id)
+            return
+        tracker.registered(model)
 
 
 def run_experiment_cell(cell: registry.ClaimedCell) -> None:
@@ -121,22 +127,28 @@ def run_experiment_cell(cell: registry.ClaimedCell) -> None:
     request: ExperimentJob = job_request_adapter.validate_python(cell.request)
     experiment = request.experiment_config()
     cfg = experiment.run_config(cell.model, cell.condition, init_from=cell.init_from)
+    tags = {"classcomp.job_id": cell.job_id, "classcomp.cell": str(cell.position), "classcomp.condition": cell.condition}
+    run_name = f"{cell.model} under {cell.condition} ({cell.job_id}, cell {cell.position})"
+    with Tracker(cfg, run_name, tags) as tracker:
 
-    def on_epoch(record: dict) -> bool:
-        return registry.record_cell_epoch(cell.job_id, cell.position, json_safe(record))
+        def on_epoch(record: dict) -> bool:
+            tracker.epoch(record)
+            return registry.record_cell_epoch(cell.job_id, cell.position, json_safe(record))
 
-    trained = train_model(cfg, on_epoch)
-    if trained is None:
-        registry.finish_cell(cell.job_id, cell.position, JobStatus.cancelled)
-        return
-    model, result = trained
-    def noisy() -> Dataset:
-        settings = get_settings()
-        return load_dataset(condition_config(cfg.dataset, "noisy"), settings.mnist_dir, settings.download)
+        trained = train_model(cfg, on_epoch)
+        if trained is None:
+            registry.finish_cell(cell.job_id, cell.position, JobStatus.cancelled)
+            return
+        model, result = trained
+        def noisy() -> Dataset:
+            settings = get_settings()
+            return load_dataset(condition_config(cfg.dataset, "noisy"), settings.mnist_dir, settings.download)
 
-    row = {**cell_row(experiment, cell.model, cell.condition, result, noisy), "model_id": model.id, "worker": cell.worker}
-    if not registry.finish_cell(cell.job_id, cell.position, JobStatus.succeeded, model=model, result=json_safe(row)):
-        storage.remove(model.id)  # the sweep failed the cell meanwhile (it thought this worker lost)
+        row = {**cell_row(experiment, cell.model, cell.condition, result, noisy), "model_id": model.id, "worker": cell.worker}
+        if not registry.finish_cell(cell.job_id, cell.position, JobStatus.succeeded, model=model, result=json_safe(row)):
+            storage.remove(model.id)  # the sweep failed the cell meanwhile (it thought this worker lost)
+            return
+        tracker.registered(model)
 
 
 def run_error_analysis(job: Job) -> None:
