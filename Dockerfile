@@ -27,6 +27,7 @@ RUN pip install --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1
     && pip install -r /tmp/requirements.txt
 
 COPY README.md ./
+COPY classcomp classcomp
 COPY ml ml
 COPY service service
 COPY workers workers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -12,14 +13,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ml.config import (
     CLASS_NAMES, CONDITIONS, DATASET_NAMES, IMBALANCE_PROFILES, MODEL_NAMES, PRESETS, DatasetConfig, RunConfig,
     TrainingConfig,
 )
+
+if TYPE_CHECKING:
+    from classcomp.client import Client
 
 logger = logging.getLogger(__name__)
 
@@ -395,113 +400,60 @@ def cmd_worker(args: argparse.Namespace) -> None:
     ])
 
 
-def _client(args: argparse.Namespace):
-    import httpx
+def client_command(command: Callable[[argparse.Namespace, Client], None]) -> Callable[[argparse.Namespace], None]:
+    """A command against a running service: it is handed a Client of --url (classcomp.client), and an
+    error answer, no answer, or a missing image file ends it with one line."""
 
-    from service.settings import get_settings
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> None:
+        from classcomp.client import ClassCompError, Client
 
-    settings = get_settings()
-    headers = {"Authorization": f"Bearer {settings.api_token}"} if settings.api_token else {}
-    return httpx.Client(base_url=args.url or settings.url, timeout=60, headers=headers)
+        try:
+            with Client(args.url) as client:
+                command(args, client)
+        except ClassCompError as exc:
+            hint = "; start it with `classcomp serve`" if exc.code == "unreachable" else ""
+            sys.exit(f"classcomp: {exc}{hint}")
+        except FileNotFoundError as exc:
+            sys.exit(f"classcomp: {exc}")
 
-
-def _request(client, method: str, path: str, **kwargs):
-    """One API call's response; an error answer or an unreachable service ends the command with its message."""
-    import httpx
-
-    try:
-        response = client.request(method, path, **kwargs)
-    except httpx.TransportError as exc:
-        sys.exit(f"classcomp: cannot reach the service at {client.base_url} ({exc}); start it with `classcomp serve`")
-    if response.is_error:
-        _call_error(response)
-    return response
+    return run
 
 
-def _call(client, method: str, path: str, **kwargs) -> dict:
-    return _request(client, method, path, **kwargs).json()
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
 
 
-def _call_error(response) -> NoReturn:
-    try:
-        error = response.json()["error"]
-        sys.exit(f"classcomp: {error['message']} ({response.status_code} {error['code']})")
-    except (ValueError, KeyError, TypeError):
-        sys.exit(f"classcomp: {response.status_code} {response.text}")
+def _wrote(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+    print(f"wrote {path} ({len(content)} bytes)", file=sys.stderr)
 
 
-def cmd_submit(args: argparse.Namespace) -> None:
-    cfg = run_config_from_args(args)
-    with _client(args) as client:
-        job = _call(client, "POST", "/v1/jobs", json={"kind": "train", **cfg.to_dict()})
-        if args.wait:
-            job = wait_for_job(client, job)
-    print(json.dumps(job, indent=2))
-    if args.wait and job["status"] != "succeeded":
+def _finished(job: dict) -> None:
+    """Print a job followed to its end; a job that did not succeed fails the command."""
+    _print_json(job)
+    if job["status"] != "succeeded":
         sys.exit(1)
 
 
-def job_events(client, job_id: str, after: int = 0) -> Iterator[tuple[str, dict, int | None]]:
-    """(event, data, id) from GET /v1/jobs/{id}/events (service/api/job_events.py), resuming after epoch
-    `after`; ends when the server closes the stream."""
-    import httpx
-
-    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
-    # No read timeout: the server sends a keep-alive comment while a job is quiet.
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                       timeout=httpx.Timeout(60, read=None)) as response:
-        if response.is_error:
-            response.read()
-            _call_error(response)
-        event, event_id, data = "message", None, []
-        for line in response.iter_lines():
-            if line == "":
-                if data:
-                    yield event, json.loads("\n".join(data)), event_id
-                event, event_id, data = "message", None, []
-            elif not line.startswith(":"):
-                field, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if field == "event":
-                    event = value
-                elif field == "id":
-                    event_id = int(value)
-                elif field == "data":
-                    data.append(value)
+@client_command
+def cmd_submit(args: argparse.Namespace, client: Client) -> None:
+    body = {"kind": "train", **run_config_from_args(args).to_dict(), **({"name": args.name} if args.name else {})}
+    job = client.submit(body)
+    if args.wait:
+        _finished(client.wait(job["id"]))
+    else:
+        _print_json(job)
 
 
-def wait_for_job(client, job: dict, retries: int = 5) -> dict:
-    """Follow a job's event stream to its end with a progress bar; a dropped stream is resumed."""
-    import httpx
-    from tqdm import tqdm
-
-    seen = 0
-    with tqdm(total=None, unit="epoch", desc=f"job {job['id'][:8]}", file=sys.stderr) as bar:
-        for attempt in range(retries + 1):
-            try:
-                for event, data, event_id in job_events(client, job["id"], after=seen):
-                    if event == "end":
-                        return data
-                    if event == "epoch":
-                        seen = event_id
-                        progress = data["progress"]
-                        if progress["epochs"] and bar.total != progress["epochs"]:
-                            bar.reset(total=progress["epochs"])
-                        bar.update(progress["epoch"] - bar.n)
-                    status = data.get("status", "running")
-                    eta = data.get("eta_seconds")
-                    bar.set_postfix_str(status if eta is None else f"{status}, ETA {eta:.0f} s")
-            except httpx.TransportError as exc:
-                if attempt == retries:
-                    sys.exit(f"classcomp: lost the event stream of job {job['id']} ({exc})")
-            time.sleep(1)
-    return _call(client, "GET", f"/v1/jobs/{job['id']}")
+@client_command
+def cmd_wait(args: argparse.Namespace, client: Client) -> None:
+    _finished(client.wait(args.job_id))
 
 
-def cmd_jobs(args: argparse.Namespace) -> None:
-    params = {"limit": args.limit, **({"status": args.status} if args.status else {})}
-    with _client(args) as client:
-        page = _call(client, "GET", "/v1/jobs", params=params)
+@client_command
+def cmd_jobs(args: argparse.Namespace, client: Client) -> None:
+    page = client.jobs(status=args.status, limit=args.limit, offset=args.offset)
     print(f"{'id':32s}  {'kind':14s}  {'status':9s}  {'epoch':>7s}  {'created':25s}  models")
     for job in page["items"]:
         progress = job["progress"]
@@ -511,59 +463,142 @@ def cmd_jobs(args: argparse.Namespace) -> None:
     print(f"({len(page['items'])} of {page['total']})", file=sys.stderr)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    import mimetypes
-    from pathlib import Path
-
-    files = []
-    for name in args.images:
-        path = Path(name)
-        if not path.is_file():
-            sys.exit(f"classcomp: no such file: {name}")
-        files.append(("files", (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")))
-    with _client(args) as client:
-        print(json.dumps(_call(client, "POST", f"/v1/models/{args.model_id}/predict", files=files), indent=2))
+@client_command
+def cmd_cancel(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.cancel(args.job_id))
 
 
-def cmd_export(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    output = Path(args.output or f"{args.model_id}{'' if args.part == 'classifier' else '-' + args.part}.onnx")
-    with _client(args) as client:
-        response = _request(client, "GET", f"/v1/models/{args.model_id}/export.onnx", params={"part": args.part})
-    output.write_bytes(response.content)
-    print(f"wrote {output} ({len(response.content)} bytes)", file=sys.stderr)
-
-
-def cmd_cancel(args: argparse.Namespace) -> None:
-    with _client(args) as client:
-        job = _call(client, "POST", f"/v1/jobs/{args.job_id}/cancel")
-    print(json.dumps(job, indent=2))
-
-
-def cmd_report(args: argparse.Namespace) -> None:
+@client_command
+def cmd_report(args: argparse.Namespace, client: Client) -> None:
     """JSON and Markdown go to stdout (or -o); the error analysis's PNG plot goes to a file."""
-    from pathlib import Path
-
-    with _client(args) as client:
-        response = _request(client, "GET", f"/v1/jobs/{args.job_id}/report", params={"format": args.format})
-    if args.format == "png" or args.output:
-        output = Path(args.output or f"{args.job_id}.png")
-        output.write_bytes(response.content)
-        print(f"wrote {output} ({len(response.content)} bytes)", file=sys.stderr)
+    report = client.report(args.job_id, format=args.format)
+    if args.format == "png":
+        _wrote(Path(args.output or f"{args.job_id}.png"), report)
+        return
+    text = json.dumps(report, indent=2) if args.format == "json" else report
+    if args.output:
+        _wrote(Path(args.output), text.encode())
     else:
-        print(response.text)
+        print(text)
+
+
+@client_command
+def cmd_predict(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.predict(args.model, args.images))
+
+
+@client_command
+def cmd_reconstruct(args: argparse.Namespace, client: Client) -> None:
+    """JSON arrays at the model's size to stdout, or with --out-dir one PNG per image at that image's size."""
+    if not args.out_dir:
+        _print_json(client.reconstruct(args.model, args.images))
+        return
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for image in args.images:
+        _wrote(out / f"{Path(image).stem}.png", client.reconstruct(args.model, image, format="png"))
+
+
+@client_command
+def cmd_embed(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.embed(args.model, args.images))
+
+
+@client_command
+def cmd_export(args: argparse.Namespace, client: Client) -> None:
+    suffix = "" if args.part == "classifier" else f"-{args.part}"
+    _wrote(Path(args.output or f"{_file_stem(args.model)}{suffix}.onnx"), client.export(args.model, part=args.part))
+
+
+def _file_stem(ref: str) -> str:
+    """A model ref as a file name: name/3 becomes name-3."""
+    return ref.replace("/", "-")
+
+
+@client_command
+def cmd_model_list(args: argparse.Namespace, client: Client) -> None:
+    page = client.models(name=args.name, architecture=args.architecture, dataset=args.dataset,
+                         condition=args.condition, sort=args.sort, limit=args.limit, offset=args.offset)
+    print(f"{'id':32s}  {'name/version':36s}  {'architecture':15s}  {'dataset':13s}  {'condition':9s}  "
+          f"{'accuracy':>8s}  {'created':25s}  aliases")
+    for model in page["items"]:
+        dataset = model["config"]["dataset"]
+        accuracy = model["final_metrics"].get("val_accuracy")
+        shown = "" if accuracy is None else f"{accuracy:.4f}"
+        print(f"{model['id']:32s}  {model['name'] + '/' + str(model['version']):36s}  {model['model']:15s}  "
+              f"{dataset['name']:13s}  {dataset['condition']:9s}  {shown:>8s}  {model['created_at']:25s}  "
+              f"{' '.join(model['aliases'])}")
+    print(f"({len(page['items'])} of {page['total']})", file=sys.stderr)
+
+
+@client_command
+def cmd_model_show(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.model(args.model))
+
+
+@client_command
+def cmd_model_metrics(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.metrics(args.model))
+
+
+@client_command
+def cmd_model_weights(args: argparse.Namespace, client: Client) -> None:
+    _wrote(Path(args.output or f"{_file_stem(args.model)}.safetensors"), client.weights(args.model))
+
+
+@client_command
+def cmd_model_figure(args: argparse.Namespace, client: Client) -> None:
+    _wrote(Path(args.output or f"{_file_stem(args.model)}-{args.figure}.png"),
+           client.figure(args.model, args.figure, index=args.index, image=args.image))
+
+
+@client_command
+def cmd_model_wasserstein(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.wasserstein(args.model, projections=args.projections, seed=args.seed,
+                                   normalize=not args.raw))
+
+
+@client_command
+def cmd_model_delete(args: argparse.Namespace, client: Client) -> None:
+    client.delete(args.model)
+    print(f"deleted {args.model}", file=sys.stderr)
+
+
+@client_command
+def cmd_model_names(args: argparse.Namespace, client: Client) -> None:
+    if args.registered_name:
+        _print_json(client.registered_model(args.registered_name))
+        return
+    page = client.registered_models(limit=args.limit, offset=args.offset)
+    print(f"{'name':40s}  {'latest':>6s}  {'versions':20s}  aliases")
+    for registered in page["items"]:
+        versions = " ".join(map(str, registered["versions"]))
+        aliases = " ".join(f"{alias}={version}" for alias, version in registered["aliases"].items())
+        latest = registered["latest_version"] or "-"  # null once every version is deleted
+        print(f"{registered['name']:40s}  {latest:>6}  {versions:20s}  {aliases}")
+    print(f"({len(page['items'])} of {page['total']})", file=sys.stderr)
+
+
+@client_command
+def cmd_model_alias(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.set_alias(args.registered_name, args.alias, args.version))
+
+
+@client_command
+def cmd_model_unalias(args: argparse.Namespace, client: Client) -> None:
+    client.delete_alias(args.registered_name, args.alias)
+    print(f"removed {args.registered_name}@{args.alias}", file=sys.stderr)
+
+
+@client_command
+def _evaluate_on_service(args: argparse.Namespace, client: Client) -> None:
+    _print_json(client.evaluate(args.model, args.condition))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """A model directory is scored here; anything else is a model id of the service."""
-    from pathlib import Path
-
+    """A model directory is scored here; anything else is a model of the service."""
     if not Path(args.model).is_dir():
-        with _client(args) as client:
-            report = _call(client, "GET", f"/v1/models/{args.model}/reports/evaluation",
-                           params={"condition": args.condition})
-        print(json.dumps(report, indent=2))
+        _evaluate_on_service(args)
         return
 
     from ml import artifacts
@@ -580,7 +615,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         sys.exit(f"classcomp: {exc}")
     report = {"model": args.model, "trained_condition": loaded.config.dataset.condition,
               "condition": args.condition, **evaluate(loaded.model, data)}
-    print(json.dumps(report, indent=2))
+    _print_json(report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -620,14 +655,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="accuracy and confusion matrix of a model on another condition's "
                        "validation images")
-    p.add_argument("model", help="a model directory (from `train --out`), or the id of a model of the service")
+    p.add_argument("model", help="a model directory (from `train --out`), or a model of the service: its id, "
+                   "NAME/VERSION, NAME@ALIAS or NAME")
     p.add_argument("--condition", required=True, choices=CONDITIONS)
     p.add_argument("--device", default=None, help="cuda or cpu, for a model directory (default: cuda when available)")
-    p.add_argument("--url", default=None, help="the service, for a model id (default: CLASSCOMP_URL or "
-                   "http://127.0.0.1:8000)")
+    p.add_argument("--url", default=None, help="the service, for a model of the service (default: CLASSCOMP_URL "
+                   "or http://127.0.0.1:8000)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("models", help="list the models with their parameter counts")
+    p = sub.add_parser("models", help="list the architectures with their parameter counts (here; `classcomp model "
+                       "list` lists a service's trained models)")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--image-size", type=int, default=64)
     p.set_defaults(func=cmd_models)
@@ -646,45 +683,135 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_worker)
 
-    url_help = "the service (default: CLASSCOMP_URL or http://127.0.0.1:8000)"
-    p = sub.add_parser("submit", help="submit a training job to a running service")
+    # The commands below talk to a running service through classcomp.client.
+    def client_parser(subparsers: Any, name: str, help: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help)
+        p.add_argument("--url", default=None, help="the service (default: CLASSCOMP_URL or http://127.0.0.1:8000); "
+                       "CLASSCOMP_API_TOKEN is sent as its bearer token")
+        return p
+
+    ref_help = "a model of the service: its id, NAME/VERSION, NAME@ALIAS or NAME (its latest version)"
+
+    p = client_parser(sub, "submit", "submit a training job to a running service")
     add_run_arguments(p)
+    p.add_argument("--name", default=None, help="the registered name its model becomes a version of "
+                   "(default: derived from the run, e.g. vgg-mnist-0v1-vanilla)")
     p.add_argument("--wait", action="store_true", help="follow the job to its end and print it")
-    p.add_argument("--url", default=None, help=url_help)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("jobs", help="list the jobs of a running service, newest first")
+    p = client_parser(sub, "wait", "follow a job of a running service to its end with a progress bar, and print it")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_wait)
+
+    p = client_parser(sub, "jobs", "list the jobs of a running service, newest first")
     p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--url", default=None, help=url_help)
+    p.add_argument("--offset", type=int, default=0)
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("predict", help="classify image files with a model of a running service")
-    p.add_argument("model_id")
-    p.add_argument("images", nargs="+", help="PNG or JPEG files")
-    p.add_argument("--url", default=None, help=url_help)
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("cancel", help="cancel a job of a running service (a running one stops after its epoch)")
+    p = client_parser(sub, "cancel", "cancel a job of a running service (a running one stops after its epoch)")
     p.add_argument("job_id")
-    p.add_argument("--url", default=None, help=url_help)
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("report", help="the report of an experiment or error-analysis job of a running service")
+    p = client_parser(sub, "report", "the report of an experiment or error-analysis job of a running service")
     p.add_argument("job_id")
     p.add_argument("--format", default="md", choices=["md", "json", "png"],
                    help="Markdown tables (default), JSON, or the error analysis's PNG plot")
     p.add_argument("-o", "--output", default=None, help="the file to write (default: stdout; JOB_ID.png for png)")
-    p.add_argument("--url", default=None, help=url_help)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="download a model of a running service as an ONNX file")
-    p.add_argument("model_id")
+    p = client_parser(sub, "predict", "classify image files with a model of a running service")
+    p.add_argument("model", help=ref_help)
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.set_defaults(func=cmd_predict)
+
+    p = client_parser(sub, "reconstruct", "a VAE's reconstructions of image files")
+    p.add_argument("model", help=ref_help)
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.add_argument("-o", "--out-dir", default=None, help="write each reconstruction as DIR/STEM.png at its "
+                   "image's size (default: JSON arrays at the model's size to stdout)")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = client_parser(sub, "embed", "a VAE's latent mean and log-variance of image files")
+    p.add_argument("model", help=ref_help)
+    p.add_argument("images", nargs="+", help="PNG or JPEG files")
+    p.set_defaults(func=cmd_embed)
+
+    p = client_parser(sub, "export", "download a model of a running service as an ONNX file")
+    p.add_argument("model", help=ref_help)
     p.add_argument("--part", default="classifier", choices=["classifier", "encoder", "decoder"],
                    help="the classifier (default), or a VAE's encoder or decoder")
-    p.add_argument("-o", "--output", default=None, help="the file to write (default: MODEL_ID[-PART].onnx)")
-    p.add_argument("--url", default=None, help=url_help)
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: MODEL[-PART].onnx, "
+                   "a slash of the model written as -)")
     p.set_defaults(func=cmd_export)
+
+    # `models` (above) lists the architectures this package builds; `model` is the service's registry.
+    model = sub.add_parser("model", help="the trained models of a running service: list, show, metrics, weights, "
+                           "figure, wasserstein, delete, and their registered names and aliases")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+
+    p = client_parser(model_sub, "list", "list the models, newest first unless --sort")
+    p.add_argument("--name", default=None, help="a registered name")
+    p.add_argument("--architecture", default=None, choices=MODEL_NAMES)
+    p.add_argument("--dataset", default=None, choices=DATASET_NAMES)
+    p.add_argument("--condition", default=None, choices=CONDITIONS)
+    p.add_argument("--sort", default=None, help="date, accuracy, name, architecture, dataset or condition; a leading "
+                   "- sorts descending, written --sort=-accuracy (default: -date)")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.set_defaults(func=cmd_model_list)
+
+    p = client_parser(model_sub, "show", "a model's config, size, training time, final metrics, name, version "
+                      "and aliases")
+    p.add_argument("model", help=ref_help)
+    p.set_defaults(func=cmd_model_show)
+
+    p = client_parser(model_sub, "metrics", "a model's per-epoch metric series")
+    p.add_argument("model", help=ref_help)
+    p.set_defaults(func=cmd_model_metrics)
+
+    p = client_parser(model_sub, "weights", "download a model's weights (safetensors)")
+    p.add_argument("model", help=ref_help)
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: MODEL.safetensors)")
+    p.set_defaults(func=cmd_model_weights)
+
+    p = client_parser(model_sub, "figure", "one of the paper's figures of a model, as PNG")
+    p.add_argument("model", help=ref_help)
+    p.add_argument("figure", help="training-curves, kernels, feature-maps, latent-tsne, latent-classifiers, "
+                   "reconstructions or confusion-matrix")
+    p.add_argument("--index", type=int, default=0, help="feature-maps: the validation image drawn")
+    p.add_argument("--image", default=None, help="feature-maps: an image file of your own instead")
+    p.add_argument("-o", "--output", default=None, help="the file to write (default: MODEL-FIGURE.png)")
+    p.set_defaults(func=cmd_model_figure)
+
+    p = client_parser(model_sub, "wasserstein", "a VAE's sliced Wasserstein-1 report: each class's validation "
+                      "images against their reconstructions")
+    p.add_argument("model", help=ref_help)
+    p.add_argument("--projections", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="skip the paper's per-image min-max scaling")
+    p.set_defaults(func=cmd_model_wasserstein)
+
+    p = client_parser(model_sub, "delete", "delete a model and its files")
+    p.add_argument("model", help=ref_help)
+    p.set_defaults(func=cmd_model_delete)
+
+    p = client_parser(model_sub, "names", "the registered names with their versions and aliases, or one of them")
+    p.add_argument("registered_name", nargs="?", default=None, metavar="NAME")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.set_defaults(func=cmd_model_names)
+
+    p = client_parser(model_sub, "alias", "point NAME@ALIAS at a version of NAME (creating or moving the alias)")
+    p.add_argument("registered_name", metavar="NAME")
+    p.add_argument("alias")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=cmd_model_alias)
+
+    p = client_parser(model_sub, "unalias", "remove NAME@ALIAS (the version it pointed at stays)")
+    p.add_argument("registered_name", metavar="NAME")
+    p.add_argument("alias")
+    p.set_defaults(func=cmd_model_unalias)
     return parser
 
 
