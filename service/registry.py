@@ -118,6 +118,10 @@ class Job(Base):
         return [m.id for m in self.models]
 
     @property
+    def model_refs(self) -> list[str]:
+        return [f"{m.name}/{m.version}" for m in self.models]
+
+    @property
     def progress(self) -> dict[str, int | None]:
         last = self.metrics[-1] if self.metrics else None
         return {"epoch": last["epoch"] if last else 0, "epochs": last["epochs"] if last else None}

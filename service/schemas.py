@@ -217,6 +217,7 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     model_ids: list[str]
+    model_refs: list[str] = Field(description="the same models as `name/version`, in the same order")
     request: dict[str, Any]
     cells: list[CellOut] = Field(description="an experiment's cells, in grid order; empty for other jobs")
 

@@ -23,7 +23,9 @@ def tiny_job(name: str | None, seed: int, model: str = "vgg") -> dict:
 def train(client, body: dict) -> dict:
     job = wait_finished(client, submit(client, body)["id"])
     assert job["status"] == "succeeded", job
-    return client.get(f"/v1/models/{job['model_ids'][0]}").json()
+    model = client.get(f"/v1/models/{job['model_ids'][0]}").json()
+    assert job["model_refs"] == [f"{model['name']}/{model['version']}"]
+    return model
 
 
 @pytest.fixture(scope="module")

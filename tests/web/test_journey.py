@@ -1,5 +1,5 @@
 """The issue's path through the dashboard, as one person takes it: submit a tiny MNIST training job from
-the form, watch its progress bar reach 100% without reloading, open the model, drop PNG digits on it and
+the form, under a name of its own, watch its progress bar reach 100% without reloading, open the model, drop PNG digits on it and
 read the right labels. Then the same dashboard behind tokens: it asks for one, and shows the data once given."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def test_submit_watch_open_the_model_and_drop_digits(page, screenshot, data_dir,
     page.goto("/#/submit")
     fill_form(page, {"#submit-kind": "train", "#f-model": "vgg", "#f-dataset-name": "mnist",
                      "#f-dataset-classes": "0, 1", "#f-dataset-image_size": "32", "#f-training-epochs": "1",
-                     "#f-training-batch_size": "128", "#f-training-width": "0.125"})
+                     "#f-training-batch_size": "128", "#f-training-width": "0.125", "#f-name": "journey-vgg"})
     page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
     page.click("#submit-button")
 
@@ -29,6 +29,8 @@ def test_submit_watch_open_the_model_and_drop_digits(page, screenshot, data_dir,
     assert page.evaluate("window.sameDocument") is True, "the page was reloaded"
     screenshot(page, "trained")
 
+    # The name typed in the form is the model's registered name; its version is the next of that name.
+    expect(page.locator("#job-models a.model-link")).to_have_text(re.compile(r"^journey-vgg/\d+$"))
     page.click("#job-models a.model-link")
     page.wait_for_url(re.compile(r"#/models/[0-9a-f]{32}$"))
     expect(page.locator("#dropzone")).to_be_visible()

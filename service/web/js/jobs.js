@@ -265,8 +265,8 @@ function hasReport(job) {
 
 function results(job) {
   const ids = job.model_ids;
-  const models = ids.map((id) => h("li", {},
-    h("a", { href: `#/models/${id}`, class: "model-link" }, `model ${shortId(id)}`),
+  const models = ids.map((id, i) => h("li", {},
+    h("a", { href: `#/models/${id}`, class: "model-link" }, job.model_refs[i]),
     job.kind === "experiment" ? ` (${cellOf(job, id)})` : ""));
   const error = `${job.error_code ?? "failed"}: ${job.error ?? "no message"}`;
   return [
@@ -371,7 +371,8 @@ class JobPage {
       try {
         const fresh = await api(`/v1/jobs/${encodeURIComponent(this.job.id)}`, { signal: this.signal });
         if (FINISHED.has(this.job.status)) return; // the end event came meanwhile, with the last word
-        Object.assign(this.job, { started_at: fresh.started_at, cells: fresh.cells, model_ids: fresh.model_ids });
+        Object.assign(this.job, { started_at: fresh.started_at, cells: fresh.cells, model_ids: fresh.model_ids,
+          model_refs: fresh.model_refs });
         this.showParts();
         this.outcome.replaceChildren(...results(this.job));
         this.summary.replaceChildren(...summary(this.job));

@@ -117,7 +117,7 @@ route("/jobs/:id/report", async ({ params, signal }) => {
   ];
   if (!TITLES[job.kind]) {
     return [...heading, h("p", {}, "A train job has no report: its result is a model, ",
-      job.model_ids.map((id) => h("a", { href: `#/models/${id}` }, id)), ".")];
+      job.model_ids.map((id, i) => h("a", { href: `#/models/${id}` }, job.model_refs[i])), ".")];
   }
   let report;
   try {

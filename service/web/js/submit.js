@@ -18,6 +18,8 @@ const FIELDS = [
   { path: "model", label: "Model", kinds: ["train"], type: "select", options: (s) => s.models },
   { path: "init_from", label: "Encoder from resnet (model id or name/version)", kinds: ["train"], type: "text",
     when: (body) => body.model === "unet-pretrained" },
+  { path: "name", label: "Registered name", kinds: ["train"], type: "text",
+    hint: "optional: the model becomes its next version; by default architecture-dataset-classes-condition" },
   // unet-pretrained needs a trained resnet, which the error analysis does not make.
   { path: "models", label: "Models", kinds: ["experiment", "error-analysis"], type: "checks",
     options: (s, kind) => (kind === "error-analysis" ? s.models.filter((m) => m !== "unet-pretrained") : s.models) },
