@@ -668,25 +668,31 @@ def _register(session: Session, model: Model) -> None:
     session.add(model)
 
 
-def get_model(session: Session, ref: str) -> Model | None:
-    """The model `ref` names: its id, `name/version`, `name@alias` (`name@latest`: the newest version)
-    or a bare `name` (its newest version)."""
+def resolve(session: Session, ref: str) -> str | None:
+    """The id of the model `ref` names: its id, `name/version`, `name@alias` (`name@latest`: the newest
+    version) or a bare `name` (its newest version). One indexed lookup of ids only, no model row: predict
+    by name or alias resolves its ref this way on every request."""
     if "@" in ref:
         name, alias = ref.split("@", 1)
         if alias == LATEST:
             return _latest(session, name)
-        return session.scalar(select(Model).join(ModelAlias, ModelAlias.model_id == Model.id)
-                              .where(ModelAlias.name == name, ModelAlias.alias == alias))
+        return session.scalar(select(ModelAlias.model_id).where(ModelAlias.name == name, ModelAlias.alias == alias))
     if "/" in ref:
         name, _, version = ref.rpartition("/")
         if not version.isdecimal():
             return None
-        return session.scalar(select(Model).where(Model.name == name, Model.version == int(version)))
-    return session.get(Model, ref) or _latest(session, ref)
+        return session.scalar(select(Model.id).where(Model.name == name, Model.version == int(version)))
+    return session.scalar(select(Model.id).where(Model.id == ref)) or _latest(session, ref)
 
 
-def _latest(session: Session, name: str) -> Model | None:
-    return session.scalar(select(Model).where(Model.name == name).order_by(Model.version.desc()).limit(1))
+def _latest(session: Session, name: str) -> str | None:
+    return session.scalar(select(Model.id).where(Model.name == name).order_by(Model.version.desc()).limit(1))
+
+
+def get_model(session: Session, ref: str) -> Model | None:
+    """The model `ref` names (see `resolve`)."""
+    model_id = resolve(session, ref)
+    return session.get(Model, model_id) if model_id is not None else None
 
 
 def weights_sha256(model_id: str) -> str | None:

@@ -55,11 +55,23 @@ ModelRef = Annotated[str, Path(
     "`name@latest`)")]
 
 
+def model_not_found(ref: str) -> ApiError:
+    return ApiError(404, "model_not_found", f"there is no model {ref!r} (a model id, name/version, name@alias or name)")
+
+
 def get_model_or_404(session: Session, ref: str) -> registry.Model:
     model = registry.get_model(session, ref)
     if model is None:
-        raise ApiError(404, "model_not_found", f"there is no model {ref!r} (a model id, name/version, name@alias or name)")
+        raise model_not_found(ref)
     return model
+
+
+def model_id_or_404(session: Session, ref: str) -> str:
+    """The id `ref` names, without loading the model's row."""
+    model_id = registry.resolve(session, ref)
+    if model_id is None:
+        raise model_not_found(ref)
+    return model_id
 
 
 def get_job_or_404(session: Session, job_id: str) -> registry.Job:
