@@ -318,11 +318,14 @@ class Client:
 
     def set_alias(self, name: str, alias: str, version: int) -> dict:
         """Point `name@alias` at `version` (creating or moving the alias); the registered model."""
-        path = f"/v1/registered-models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}"
-        return self._json("PUT", path, json={"version": version})
+        return self._json("PUT", _alias_path(name, alias), json={"version": version})
 
     def delete_alias(self, name: str, alias: str) -> None:
-        self._request("DELETE", f"/v1/registered-models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}")
+        self._request("DELETE", _alias_path(name, alias))
+
+
+def _alias_path(name: str, alias: str) -> str:
+    return f"/v1/registered-models/{quote(name, safe='')}/aliases/{quote(alias, safe='')}"
 
 
 def _progress_bar(stack: contextlib.ExitStack, job_id: str) -> ProgressCallback | None:

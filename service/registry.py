@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, delete, event, func, or_, select,
@@ -656,43 +656,61 @@ def derived_name(run: dict[str, Any]) -> str:
     return f"{run['model']}-{dataset['name']}-{span}-{dataset['condition']}"
 
 
+def _insert(session: Session, table: type[Base]) -> Any:
+    """An INSERT with the backend's ON CONFLICT clauses (both dialects have them, SQLAlchemy's core one not)."""
+    return (postgresql_insert if session.bind.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
 def _register(session: Session, model: Model) -> None:
     """Add `model` as the next version of its name, creating the name on its first model. The UPDATE
     of the name's row holds that row until the transaction ends, so two workers registering under one
     name at once get one version each."""
-    insert = (postgresql_insert if session.bind.dialect.name == "postgresql" else sqlite_insert)(RegisteredModel)
-    session.execute(insert.values(name=model.name, last_version=0, created_at=now()).on_conflict_do_nothing())
+    session.execute(_insert(session, RegisteredModel).values(name=model.name, last_version=0, created_at=now()).on_conflict_do_nothing())
     model.version = session.scalar(
         update(RegisteredModel).where(RegisteredModel.name == model.name)
         .values(last_version=RegisteredModel.last_version + 1).returning(RegisteredModel.last_version))
     session.add(model)
 
 
-def resolve(session: Session, ref: str) -> str | None:
-    """The id of the model `ref` names: its id, `name/version`, `name@alias` (`name@latest`: the newest
-    version) or a bare `name` (its newest version). One indexed lookup of ids only, no model row: predict
-    by name or alias resolves its ref this way on every request."""
+class ModelKey(NamedTuple):
+    id: str
+    name: str
+    version: int
+
+
+def resolve(session: Session, ref: str) -> ModelKey | None:
+    """The model `ref` names, by its id, `name/version`, `name@alias` (`name@latest`: the newest version)
+    or a bare `name` (its newest version). One indexed lookup of the key columns, not the model's row:
+    predict and infer by name or alias resolve their ref this way on every request."""
+    key = select(Model.id, Model.name, Model.version)
     if "@" in ref:
         name, alias = ref.split("@", 1)
         if alias == LATEST:
             return _latest(session, name)
-        return session.scalar(select(ModelAlias.model_id).where(ModelAlias.name == name, ModelAlias.alias == alias))
+        return _first(session, key.join(ModelAlias, ModelAlias.model_id == Model.id)
+                      .where(ModelAlias.name == name, ModelAlias.alias == alias))
     if "/" in ref:
         name, _, version = ref.rpartition("/")
         if not version.isdecimal():
             return None
-        return session.scalar(select(Model.id).where(Model.name == name, Model.version == int(version)))
-    return session.scalar(select(Model.id).where(Model.id == ref)) or _latest(session, ref)
+        return _first(session, key.where(Model.name == name, Model.version == int(version)))
+    return _first(session, key.where(Model.id == ref)) or _latest(session, ref)
 
 
-def _latest(session: Session, name: str) -> str | None:
-    return session.scalar(select(Model.id).where(Model.name == name).order_by(Model.version.desc()).limit(1))
+def _latest(session: Session, name: str) -> ModelKey | None:
+    return _first(session, select(Model.id, Model.name, Model.version).where(Model.name == name)
+                  .order_by(Model.version.desc()).limit(1))
+
+
+def _first(session: Session, query: Any) -> ModelKey | None:
+    row = session.execute(query).first()
+    return ModelKey(*row) if row else None
 
 
 def get_model(session: Session, ref: str) -> Model | None:
     """The model `ref` names (see `resolve`)."""
-    model_id = resolve(session, ref)
-    return session.get(Model, model_id) if model_id is not None else None
+    key = resolve(session, ref)
+    return session.get(Model, key.id) if key is not None else None
 
 
 def weights_sha256(model_id: str) -> str | None:
@@ -779,8 +797,7 @@ def get_name(session: Session, name: str) -> NameSummary | None:
 
 def set_alias(session: Session, model: Model, alias: str) -> None:
     """Point `model.name@alias` at `model`: the alias is created or moved in one statement."""
-    insert = (postgresql_insert if session.bind.dialect.name == "postgresql" else sqlite_insert)(ModelAlias)
-    insert = insert.values(name=model.name, alias=alias, model_id=model.id, updated_at=now())
+    insert = _insert(session, ModelAlias).values(name=model.name, alias=alias, model_id=model.id, updated_at=now())
     session.execute(insert.on_conflict_do_update(index_elements=["name", "alias"],
                                                  set_={"model_id": insert.excluded.model_id,
                                                        "updated_at": insert.excluded.updated_at}))

@@ -66,12 +66,12 @@ def get_model_or_404(session: Session, ref: str) -> registry.Model:
     return model
 
 
-def model_id_or_404(session: Session, ref: str) -> str:
-    """The id `ref` names, without loading the model's row."""
-    model_id = registry.resolve(session, ref)
-    if model_id is None:
+def resolve_or_404(session: Session, ref: str) -> registry.ModelKey:
+    """The id, name and version of the model `ref` names, without loading its row."""
+    key = registry.resolve(session, ref)
+    if key is None:
         raise model_not_found(ref)
-    return model_id
+    return key
 
 
 def get_job_or_404(session: Session, job_id: str) -> registry.Job:

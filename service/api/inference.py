@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ml.artifacts import LoadedModel
 from service import inference, registry
-from service.api.deps import ModelCacheDep, ModelRef, model_id_or_404
+from service.api.deps import ModelCacheDep, ModelRef, resolve_or_404
 from service.errors import ApiError
 from service.inference import Batch, ModelCache, Upload
 from service.schemas import (
@@ -73,7 +73,7 @@ def load(cache: ModelCache, ref: str, vae_only: bool = False) -> tuple[str, Load
     model_id, loaded = ref, cache.cached(ref)
     if loaded is None:
         with registry.session_scope() as session:
-            model_id = model_id_or_404(session, ref)
+            model_id = resolve_or_404(session, ref).id
         loaded = cache.get(model_id)
     if vae_only:
         inference.vae(loaded)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from typing import Annotated, Any, Union
 
@@ -32,7 +31,7 @@ from typing_extensions import TypeAliasType
 from ml.artifacts import LoadedModel
 from ml.config import RunConfig
 from service import inference, registry
-from service.api.deps import ModelCacheDep, get_model_or_404
+from service.api.deps import ModelCacheDep, get_model_or_404, resolve_or_404
 from service.api.inference import load
 from service.errors import ApiError, validation_message
 from service.inference import ModelCache
@@ -225,35 +224,13 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Served:
-    """What the protocol says about a registered model, read in one session."""
-
-    id: str
-    name: str
-    version: int
-    image_size: int
-    classes: list[int]
-
-    @classmethod
-    def of(cls, model: registry.Model) -> Served:
-        image_size = RunConfig.from_dict(model.config).dataset.image_size
-        return cls(model.id, model.name, model.version, image_size, list(model.classes))
-
-
-def _served(ref: str) -> Served:
-    with registry.session_scope() as session:
-        return Served.of(get_model_or_404(session, ref))
-
-
 def _metadata(ref: str) -> dict:
     with registry.session_scope() as session:
         model = get_model_or_404(session, ref)
-        served = Served.of(model)
         versions = registry.get_name(session, model.name).versions
-    size, classes = served.image_size, len(served.classes)
+    size, classes = RunConfig.from_dict(model.config).dataset.image_size, len(model.classes)
     return {
-        "name": served.name,
+        "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 1, size, size]}],
@@ -262,10 +239,13 @@ def _metadata(ref: str) -> dict:
     }
 
 
-def _load(cache: ModelCache, ref: str) -> tuple[Served, LoadedModel]:
-    served = _served(ref)
-    _, loaded = load(cache, served.id)
-    return served, loaded
+def _load(cache: ModelCache, ref: str) -> tuple[registry.ModelKey, LoadedModel]:
+    """The model's key (the response names its name and version) and the model: the key columns alone are
+    read on each request, as /v1 predict reads them for a name or alias."""
+    with registry.session_scope() as session:
+        key = resolve_or_404(session, ref)
+    _, loaded = load(cache, key.id)
+    return key, loaded
 
 
 def _bad(message: str) -> ApiError:
@@ -357,7 +337,7 @@ def _batch(body: bytes, header_length: str | None, image_size: int) -> tuple[Inf
     return request, x
 
 
-def _response(request: InferenceRequest, served: Served, loaded: LoadedModel, predictions: list[dict]) -> Response:
+def _response(request: InferenceRequest, key: registry.ModelKey, loaded: LoadedModel, predictions: list[dict]) -> Response:
     labels = [str(c) for c in loaded.classes]
     values = {
         "probabilities": [[p["probabilities"][label] for label in labels] for p in predictions],
@@ -376,7 +356,7 @@ def _response(request: InferenceRequest, served: Served, loaded: LoadedModel, pr
         else:
             entry["data"] = array.ravel().tolist()
         outputs.append(entry)
-    body = {"model_name": served.name, "model_version": str(served.version),
+    body = {"model_name": key.name, "model_version": str(key.version),
             **({"id": request.id} if request.id is not None else {}), "outputs": outputs}
     if not chunks:
         return JSONResponse(body)
@@ -390,11 +370,12 @@ async def _infer(ref: str, request: Request, cache: ModelCache) -> Response:
     if encoding != "identity":
         raise ApiError(415, "unsupported_content_encoding",
                        f"the body is {encoding}-compressed; this server takes uncompressed requests")
-    served, loaded = await run_in_threadpool(_load, cache, ref)  # an unknown model is a 404 before the body is read
+    key, loaded = await run_in_threadpool(_load, cache, ref)  # an unknown model is a 404 before the body is read
     body = await request.body()
-    parsed, x = await run_in_threadpool(_batch, body, request.headers.get(HEADER_LENGTH), served.image_size)
+    size = loaded.config.dataset.image_size
+    parsed, x = await run_in_threadpool(_batch, body, request.headers.get(HEADER_LENGTH), size)
     predictions = await request.app.state.predict_batcher.predict(loaded, x)
-    return _response(parsed, served, loaded, predictions)
+    return _response(parsed, key, loaded, predictions)
 
 
 ModelName = Annotated[str, Path(description="the model: a registered name (its newest version), `name@alias`, or an "
@@ -440,8 +421,8 @@ async def model_version_metadata(model_name: ModelName, model_version: ModelVers
 
 
 async def _ready(ref: str, cache: ModelCache) -> dict:
-    served, _ = await run_in_threadpool(_load, cache, ref)
-    return {"name": served.name, "ready": True}
+    key, _ = await run_in_threadpool(_load, cache, ref)
+    return {"name": key.name, "ready": True}
 
 
 READY_DESCRIPTION = "Loads the model into the inference cache if it is not there: ready once it answers."
